@@ -134,7 +134,7 @@ class EnvironmentSpec(Model):
     """The steps a promotion takes here."""
     analysis: AnalysisSpec = Field(default_factory=AnalysisSpec)
     """How each step is judged."""
-    gates: list[str] = Field(default_factory=lambda: ["slo", "alarms"])
+    gates: list[str] = Field(default_factory=lambda: ["slo", "alarms"], min_length=1)
     """Gate kinds that judge every step here (production typically: ``[slo, alarms]``)."""
     alarms: AlarmSpec = Field(default_factory=AlarmSpec)
     """How firing alerts are matched to promotions here."""

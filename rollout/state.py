@@ -114,6 +114,8 @@ class Promotion:
     environment: str
     version: str
     stable_version: str | None
+    replicas: int
+    """The service's full replica count here: stable's size before and after the promotion."""
     plan: tuple[PlannedStep, ...]
     limits: AnalysisLimits
     gates: tuple[str, ...]

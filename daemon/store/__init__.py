@@ -1,0 +1,1 @@
+"""State stores (see ``vouch.rollout.state.Store``)."""

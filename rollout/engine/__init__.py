@@ -1,0 +1,1 @@
+"""The promotion engine: pure decisions and the thin shell that carries them out."""

@@ -1,0 +1,1 @@
+"""Platforms: where versions of a service run (see ``base.Platform``)."""
