@@ -1,0 +1,573 @@
+"""The daemon's HTTP API: JSON under ``/api/v1/`` behind a bearer token, plus metrics and probes.
+
+The API is a thin shell. It authenticates, validates and serialises; every
+decision belongs to the :class:`Controller` behind it. Whatever a client sends,
+the answer is JSON (``{"error": {"code", "message", "field"?}}`` on failure)
+and the server keeps serving: one middleware maps every error class, and an
+unexpected exception becomes a logged 500 with a generic message.
+
+    app = build_app(controller, token=source.token, registry=registry)
+    runner = web.AppRunner(app)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hmac
+import json
+import logging
+import math
+import re
+from collections.abc import Awaitable, Callable, Mapping
+from enum import Enum
+from typing import Any, Protocol, TypeVar
+from urllib.parse import quote
+
+from aiohttp import web
+from aiohttp.typedefs import Middleware
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from vouch.core.errors import AuthError, ConflictError, InputError, NotFoundError
+from vouch.rollout.state import (
+    AlertRecord,
+    Event,
+    Promotion,
+    Release,
+    StepRecord,
+    Store,
+    VerdictRecord,
+)
+
+logger = logging.getLogger(__name__)
+
+API_PREFIX = "/api/v1"
+PUBLIC_PATHS = frozenset({"/metrics", "/healthz", "/readyz"})
+"""The only routes served without a token: Prometheus and probes cannot hold one."""
+ACTOR_HEADER = "X-Vouch-Actor"
+MAX_ACTOR_LENGTH = 64
+DEFAULT_ACTOR = "api"
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+_M = TypeVar("_M", bound=BaseModel)
+
+
+class Controller(Protocol):
+    """What the API needs from the rest of the daemon; the daemon's wiring implements it."""
+
+    @property
+    def store(self) -> Store:
+        """Read paths: promotions, releases, steps, verdicts, events, alerts."""
+        ...
+
+    def ready(self) -> bool:
+        """True once the daemon can act on requests (store open, engine running)."""
+        ...
+
+    async def submit(self, *, service: str, version: str, environment: str | None, actor: str) -> Release:
+        """Start a release; ``environment`` None means the service's whole chain.
+
+        Raises NotFoundError (unknown service or environment), ConflictError (an
+        active promotion exists) or InputError.
+        """
+        ...
+
+    async def abort(self, promotion_id: str, *, actor: str, reason: str) -> Promotion:
+        """Roll a promotion back. NotFoundError; ConflictError when it already finished."""
+        ...
+
+    async def receive_alerts(self, payload: object, *, actor: str) -> list[AlertRecord]:
+        """Act on an Alertmanager webhook (version 4). InputError names the JSON path at fault."""
+        ...
+
+
+# --------------------------------------------------------------------------- request models
+
+
+class _Body(BaseModel):
+    """Request bodies: unknown fields are errors and JSON types are taken as they are."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+class SubmitRequest(_Body):
+    service: str = Field(min_length=1, max_length=128)
+    version: str = Field(min_length=1, max_length=256)
+    environment: str | None = Field(default=None, min_length=1, max_length=128)
+
+
+class AbortRequest(_Body):
+    reason: str | None = Field(default=None, max_length=2000)
+
+
+class _Query(BaseModel):
+    """Query strings: strings converted (``active=true``, ``limit=10``); unknown names are errors."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class PromotionQuery(_Query):
+    service: str | None = None
+    environment: str | None = None
+    active: bool | None = None
+    release: str | None = None
+    limit: int = Field(default=100, ge=1, le=1000)
+
+
+class ReleaseQuery(_Query):
+    service: str | None = None
+    active: bool | None = None
+    limit: int = Field(default=100, ge=1, le=1000)
+
+
+class EventQuery(_Query):
+    after: int = Field(default=0, ge=0)
+    promotion: str | None = None
+    release: str | None = None
+    limit: int = Field(default=500, ge=1, le=5000)
+
+
+class AlertQuery(_Query):
+    limit: int = Field(default=100, ge=1, le=1000)
+
+
+# --------------------------------------------------------------------------- errors
+
+
+class ApiError(Exception):
+    """An answer other than success, already decided: status, stable code, message, field."""
+
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        message: str,
+        *,
+        field: str | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.field = field
+        self.headers = dict(headers or {})
+
+    def response(self) -> web.Response:
+        error: dict[str, Any] = {"code": self.code, "message": self.message}
+        if self.field is not None:
+            error["field"] = self.field
+        return json_response({"error": error}, status=self.status, headers=self.headers)
+
+
+_HTTP_CODES = {
+    400: "bad_request",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "too_large",
+    415: "unsupported_media_type",
+}
+
+
+def _from_http_exception(request: web.Request, exc: web.HTTPException) -> ApiError:
+    """aiohttp's own refusals (no route, wrong method, body too large) in the API's shape."""
+    headers = {k: v for k, v in exc.headers.items() if k.lower() in ("allow", "www-authenticate")}
+    if isinstance(exc, web.HTTPMethodNotAllowed):
+        allowed = ", ".join(sorted(exc.allowed_methods))
+        message = f"{request.method} is not allowed on {request.path}; allowed: {allowed}"
+    elif isinstance(exc, web.HTTPNotFound):
+        message = f"no route for {request.method} {request.path}"
+    else:
+        message = exc.text if exc.text and not exc.text.startswith(str(exc.status)) else exc.reason
+    return ApiError(exc.status, _HTTP_CODES.get(exc.status, f"http_{exc.status}"), message, headers=headers)
+
+
+def _from_vouch_error(exc: Exception) -> ApiError | None:
+    """The error tree's public classes; their messages are written for the caller."""
+    if isinstance(exc, NotFoundError):
+        return ApiError(404, "not_found", str(exc))
+    if isinstance(exc, ConflictError):
+        return ApiError(409, "conflict", str(exc))
+    if isinstance(exc, InputError):
+        return ApiError(400, "bad_input", str(exc))
+    if isinstance(exc, AuthError):
+        return ApiError(401, "unauthorized", str(exc), headers={"WWW-Authenticate": "Bearer"})
+    return None
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Turns every failure into a JSON answer, so no input can stop the server or leak a trace."""
+    try:
+        return await handler(request)
+    except ApiError as exc:
+        return exc.response()
+    except web.HTTPException as exc:
+        return _from_http_exception(request, exc).response()
+    except Exception as exc:
+        mapped = _from_vouch_error(exc)
+        if mapped is not None:
+            return mapped.response()
+        logger.exception("unexpected error serving %s %s", request.method, request.path)
+        return ApiError(500, "internal", "internal error; the daemon's log has the details").response()
+
+
+def auth_middleware(token: str) -> Middleware:
+    """Requires ``Authorization: Bearer <token>`` on everything but the public routes.
+
+    Fail closed: a route is public only when it matched one of PUBLIC_PATHS; an
+    unmatched path under ``/api`` still needs the token, so probing reveals nothing.
+    """
+    expected = token.encode()
+
+    @web.middleware
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if not _needs_token(request):
+            return await handler(request)
+        header = request.headers.get("Authorization", "")
+        scheme, _, presented = header.partition(" ")
+        if not header or scheme.lower() != "bearer" or not presented.strip():
+            raise ApiError(
+                401,
+                "unauthorized",
+                "missing bearer token: send 'Authorization: Bearer <token>'",
+                headers={"WWW-Authenticate": 'Bearer realm="vouch"'},
+            )
+        given = presented.strip().encode("utf-8", "surrogateescape")
+        if not hmac.compare_digest(given, expected):
+            raise ApiError(
+                401,
+                "unauthorized",
+                "wrong bearer token",
+                headers={"WWW-Authenticate": 'Bearer realm="vouch", error="invalid_token"'},
+            )
+        return await handler(request)
+
+    return middleware
+
+
+def _needs_token(request: web.Request) -> bool:
+    resource = request.match_info.route.resource
+    if resource is not None:
+        return resource.canonical not in PUBLIC_PATHS
+    return request.path.startswith("/api")
+
+
+# --------------------------------------------------------------------------- JSON in and out
+
+
+def _json_default(value: object) -> object:
+    if isinstance(value, Enum):
+        return value.value
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return dataclasses.asdict(value)
+    if isinstance(value, Mapping):
+        return dict(value)
+    if isinstance(value, (set, frozenset)):
+        return sorted(value, key=str)
+    return str(value)
+
+
+def _finite(value: object) -> object:
+    """Non-finite floats as null: NaN is not JSON, and a NaN measurement means "no value"."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
+
+
+def json_response(data: object, *, status: int = 200, headers: Mapping[str, str] | None = None) -> web.Response:
+    """Strict JSON (never NaN) with the API's content type."""
+    try:
+        text = json.dumps(data, default=_json_default, allow_nan=False)
+    except ValueError:
+        text = json.dumps(_finite(json.loads(json.dumps(data, default=_json_default))), allow_nan=False)
+    return web.Response(text=text, status=status, content_type="application/json", headers=headers)
+
+
+def _is_json_type(content_type: str) -> bool:
+    return content_type == "application/json" or (
+        content_type.startswith("application/") and content_type.endswith("+json")
+    )
+
+
+async def _read_limited(request: web.Request, max_bytes: int) -> bytes:
+    """The body, refused as soon as it passes ``max_bytes`` (a chunked body has no length to check)."""
+    too_large = ApiError(413, "too_large", f"the request body is larger than {max_bytes} bytes")
+    length = request.content_length
+    if length is not None and length > max_bytes:
+        raise too_large
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.content.iter_any():
+        size += len(chunk)
+        if size > max_bytes:
+            raise too_large
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _reject_constant(name: str) -> object:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+async def read_json(request: web.Request, *, max_bytes: int, required: bool) -> object | None:
+    """The parsed JSON body; None when there is none and ``required`` is false."""
+    empty = ApiError(400, "bad_json", "the request body is empty; send a JSON object")
+    if not request.body_exists:
+        if required:
+            raise empty
+        return None
+    if not _is_json_type(request.content_type):
+        raise ApiError(
+            415,
+            "unsupported_media_type",
+            f"send the body as 'Content-Type: application/json', not {request.content_type!r}",
+        )
+    raw = await _read_limited(request, max_bytes)
+    if not raw.strip():
+        if required:
+            raise empty
+        return None
+    try:
+        parsed: object = json.loads(raw.decode("utf-8"), parse_constant=_reject_constant)
+    except UnicodeDecodeError as exc:
+        raise ApiError(400, "bad_json", f"the body is not UTF-8 (byte {exc.start})") from exc
+    except json.JSONDecodeError as exc:
+        message = f"malformed JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}"
+        raise ApiError(400, "bad_json", message) from exc
+    except ValueError as exc:
+        raise ApiError(400, "bad_json", f"malformed JSON: {exc}") from exc
+    except RecursionError as exc:
+        raise ApiError(400, "bad_json", "malformed JSON: nested too deeply") from exc
+    return parsed
+
+
+def _describe(error: Mapping[str, Any]) -> str:
+    kind = error.get("type")
+    if kind == "missing":
+        return "is required"
+    if kind == "extra_forbidden":
+        return "is not a known field"
+    return str(error.get("msg", "is invalid"))
+
+
+def validated(model: type[_M], data: object, *, where: str = "body") -> _M:
+    """``data`` as ``model``, or a 422 naming the first field at fault (and listing all)."""
+    if not isinstance(data, dict):
+        kind = "an array" if isinstance(data, list) else type(data).__name__
+        if data is None:
+            kind = "null"
+        raise ApiError(422, "invalid", f"the request {where} must be a JSON object, not {kind}")
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        errors = exc.errors()
+        fields = [".".join(str(p) for p in e["loc"]) for e in errors]
+        message = "; ".join(f"{f or where}: {_describe(e)}" for f, e in zip(fields, errors, strict=True))
+        raise ApiError(422, "invalid", message, field=fields[0] or None) from exc
+
+
+def query_of(request: web.Request, model: type[_M]) -> _M:
+    """The query string as ``model``; a parameter given twice is ambiguous and refused."""
+    seen: dict[str, str] = {}
+    for name, value in request.query.items():
+        if name in seen:
+            raise ApiError(422, "invalid", f"query parameter {name!r} is given more than once", field=name)
+        seen[name] = value
+    return validated(model, seen, where="query")
+
+
+_ACTOR_UNSAFE = re.compile(r"[^\w.@:+/ -]")
+
+
+def actor_of(request: web.Request) -> str:
+    """Who asked, as they say (``X-Vouch-Actor``), made safe for logs and chat; else ``api``."""
+    raw = request.headers.get(ACTOR_HEADER, "")
+    cleaned = _ACTOR_UNSAFE.sub("_", " ".join(raw.split()))[:MAX_ACTOR_LENGTH].strip()
+    return cleaned or DEFAULT_ACTOR
+
+
+# --------------------------------------------------------------------------- serialisation
+
+
+def step_dict(step: StepRecord) -> dict[str, Any]:
+    return dataclasses.asdict(step)
+
+
+def verdict_dict(record: VerdictRecord) -> dict[str, Any]:
+    return {
+        "promotion_id": record.promotion_id,
+        "step": record.step,
+        "run": record.run,
+        "at": record.at,
+        "verdict": record.verdict.to_dict(),
+    }
+
+
+def event_dict(event: Event) -> dict[str, Any]:
+    return {
+        "id": event.id,
+        "kind": event.kind,
+        "message": event.message,
+        "at": event.at,
+        "promotion_id": event.promotion_id,
+        "release_id": event.release_id,
+        "data": dict(event.data),
+    }
+
+
+def alert_dict(alert: AlertRecord) -> dict[str, Any]:
+    return {
+        "id": alert.id,
+        "received_at": alert.received_at,
+        "status": alert.status,
+        "labels": dict(alert.labels),
+        "annotations": dict(alert.annotations),
+        "fingerprint": alert.fingerprint,
+        "matched": list(alert.matched),
+    }
+
+
+# --------------------------------------------------------------------------- routes
+
+
+class _Routes:
+    """The handlers, bound to one controller."""
+
+    def __init__(self, controller: Controller, *, registry: CollectorRegistry, max_body_bytes: int) -> None:
+        self._controller = controller
+        self._registry = registry
+        self._max_body = max_body_bytes
+
+    @property
+    def _store(self) -> Store:
+        return self._controller.store
+
+    async def _promotions_of(self, release: Release) -> list[Promotion]:
+        """A release's promotions in the order of its environment chain."""
+        found = await self._store.list_promotions(release_id=release.id, limit=1000)
+        order = {pid: i for i, pid in enumerate(release.promotion_ids)}
+        return sorted(found, key=lambda p: order.get(p.id, len(order)))
+
+    async def submit(self, request: web.Request) -> web.Response:
+        raw = await read_json(request, max_bytes=self._max_body, required=True)
+        body = validated(SubmitRequest, raw)
+        release = await self._controller.submit(
+            service=body.service, version=body.version, environment=body.environment, actor=actor_of(request)
+        )
+        promotions = await self._promotions_of(release)
+        return json_response(
+            {"release": release.to_dict(), "promotions": [p.to_dict() for p in promotions]},
+            status=201,
+            headers={"Location": f"{API_PREFIX}/releases/{quote(release.id, safe='')}"},
+        )
+
+    async def list_promotions(self, request: web.Request) -> web.Response:
+        query = query_of(request, PromotionQuery)
+        found = await self._store.list_promotions(
+            service=query.service,
+            environment=query.environment,
+            active=query.active,
+            release_id=query.release,
+            limit=query.limit,
+        )
+        return json_response({"promotions": [p.to_dict() for p in found]})
+
+    async def get_promotion(self, request: web.Request) -> web.Response:
+        promotion = await self._store.get_promotion(request.match_info["id"])
+        steps = await self._store.list_steps(promotion.id)
+        verdicts = await self._store.list_verdicts(promotion.id)
+        events = await self._store.list_events(promotion_id=promotion.id)
+        return json_response(
+            {
+                "promotion": promotion.to_dict(),
+                "steps": [step_dict(s) for s in steps],
+                "verdicts": [verdict_dict(v) for v in verdicts],
+                "events": [event_dict(e) for e in events],
+            }
+        )
+
+    async def abort(self, request: web.Request) -> web.Response:
+        raw = await read_json(request, max_bytes=self._max_body, required=False)
+        body = validated(AbortRequest, {} if raw is None else raw)
+        actor = actor_of(request)
+        promotion = await self._controller.abort(
+            request.match_info["id"], actor=actor, reason=body.reason or f"aborted by {actor}"
+        )
+        return json_response({"promotion": promotion.to_dict()})
+
+    async def list_releases(self, request: web.Request) -> web.Response:
+        query = query_of(request, ReleaseQuery)
+        found = await self._store.list_releases(service=query.service, active=query.active, limit=query.limit)
+        return json_response({"releases": [r.to_dict() for r in found]})
+
+    async def get_release(self, request: web.Request) -> web.Response:
+        release = await self._store.get_release(request.match_info["id"])
+        promotions = await self._promotions_of(release)
+        return json_response({"release": release.to_dict(), "promotions": [p.to_dict() for p in promotions]})
+
+    async def events(self, request: web.Request) -> web.Response:
+        query = query_of(request, EventQuery)
+        found = await self._store.list_events(
+            promotion_id=query.promotion, release_id=query.release, after=query.after, limit=query.limit
+        )
+        return json_response({"events": [event_dict(e) for e in found]})
+
+    async def receive_alerts(self, request: web.Request) -> web.Response:
+        payload = await read_json(request, max_bytes=self._max_body, required=True)
+        records = await self._controller.receive_alerts(payload, actor=actor_of(request))
+        matched = list(dict.fromkeys(pid for record in records for pid in record.matched))
+        return json_response({"received": len(records), "matched": matched})
+
+    async def list_alerts(self, request: web.Request) -> web.Response:
+        query = query_of(request, AlertQuery)
+        found = await self._store.list_alerts(limit=query.limit)
+        return json_response({"alerts": [alert_dict(a) for a in found]})
+
+    async def metrics(self, request: web.Request) -> web.Response:
+        return web.Response(body=generate_latest(self._registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    async def healthz(self, request: web.Request) -> web.Response:
+        return json_response({"status": "ok"})
+
+    async def readyz(self, request: web.Request) -> web.Response:
+        if self._controller.ready():
+            return json_response({"status": "ready"})
+        return json_response({"status": "not ready"}, status=503)
+
+
+def build_app(
+    controller: Controller,
+    *,
+    token: str,
+    registry: CollectorRegistry,
+    max_body_bytes: int = 1 << 20,
+) -> web.Application:
+    """The daemon's web application; the caller runs it (``web.AppRunner``) where it likes.
+
+    ``token`` must not be empty: an API without a secret would act for anyone.
+    ``max_body_bytes`` bounds every request body, chunked or not.
+    """
+    if not token:
+        raise AuthError("the API token is empty; refusing to serve an API anyone could use")
+    if max_body_bytes < 1:
+        raise ValueError("max_body_bytes must be positive")
+    routes = _Routes(controller, registry=registry, max_body_bytes=max_body_bytes)
+    app = web.Application(middlewares=[error_middleware, auth_middleware(token)], client_max_size=max_body_bytes)
+    app.router.add_post(f"{API_PREFIX}/promotions", routes.submit)
+    app.router.add_get(f"{API_PREFIX}/promotions", routes.list_promotions)
+    app.router.add_get(f"{API_PREFIX}/promotions/{{id}}", routes.get_promotion)
+    app.router.add_post(f"{API_PREFIX}/promotions/{{id}}/abort", routes.abort)
+    app.router.add_get(f"{API_PREFIX}/releases", routes.list_releases)
+    app.router.add_get(f"{API_PREFIX}/releases/{{id}}", routes.get_release)
+    app.router.add_get(f"{API_PREFIX}/events", routes.events)
+    app.router.add_post(f"{API_PREFIX}/alerts", routes.receive_alerts)
+    app.router.add_get(f"{API_PREFIX}/alerts", routes.list_alerts)
+    app.router.add_get("/metrics", routes.metrics)
+    app.router.add_get("/healthz", routes.healthz)
+    app.router.add_get("/readyz", routes.readyz)
+    return app

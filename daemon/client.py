@@ -1,0 +1,216 @@
+"""The CLI's client of the daemon's HTTP API: one method per route, errors in vouch's own tree.
+
+Synchronous on purpose: the CLI makes one request at a time. Every failure
+leaves as a :class:`~vouch.core.errors.VouchError` whose message tells the
+user what to do next; httpx's exceptions never escape.
+
+    with VouchClient("http://127.0.0.1:8080", token) as client:
+        release = client.submit("checkout", "2.4.1", environment="staging")
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+
+from vouch.core.errors import AuthError, ConflictError, InputError, NotFoundError, VouchError
+
+ACTOR_HEADER = "X-Vouch-Actor"
+
+
+class DaemonUnreachable(VouchError):
+    """The daemon did not answer, or failed while answering; trying again later may help."""
+
+    retryable = True
+
+
+def _start_hint(base_url: str) -> str:
+    return f"is `vouch daemon` running at {base_url}? start it with `vouch daemon --config FILE`"
+
+
+def _error_of(response: httpx.Response) -> tuple[str, str | None]:
+    """The API's ``{"error": {"message", "field"}}``, or the raw text when it is not that."""
+    try:
+        body = response.json()
+        error = body["error"]
+        message, field = str(error["message"]), error.get("field")
+        return message, str(field) if field is not None else None
+    except (ValueError, KeyError, TypeError):
+        return (response.text.strip()[:200] or response.reason_phrase), None
+
+
+def _query(**params: object) -> dict[str, str]:
+    """Query parameters without the unset ones; booleans as the API spells them."""
+    out: dict[str, str] = {}
+    for name, value in params.items():
+        if value is None:
+            continue
+        out[name] = ("true" if value else "false") if isinstance(value, bool) else str(value)
+    return out
+
+
+def _segment(value: str) -> str:
+    if not value:
+        raise InputError("an id must not be empty")
+    return quote(value, safe="")
+
+
+class VouchClient:
+    """A connection to one daemon. Use it as a context manager, or call :meth:`close`."""
+
+    def __init__(self, base_url: str, token: str, *, timeout: float = 10.0, actor: str | None = None) -> None:
+        try:
+            url = httpx.URL(base_url)
+        except httpx.InvalidURL as exc:
+            raise InputError(f"{base_url!r} is not a URL: {exc}") from exc
+        if url.scheme not in ("http", "https") or not url.host:
+            raise InputError(f"the daemon's URL must look like http://HOST:PORT, not {base_url!r}")
+        self.base_url = base_url.rstrip("/")
+        self._timeout = timeout
+        headers = {"Authorization": f"Bearer {token}", "Accept": "application/json"}
+        if actor:
+            headers[ACTOR_HEADER] = actor
+        self._http = httpx.Client(base_url=self.base_url, headers=headers, timeout=timeout)
+
+    def __enter__(self) -> VouchClient:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._http.close()
+
+    # ----------------------------------------------------------------- the exchange
+
+    def _request(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: Mapping[str, str] | None = None,
+        body: object = None,
+        expect_json: bool = True,
+    ) -> Any:
+        try:
+            response = self._http.request(method, path, params=params, json=body)
+        except httpx.TimeoutException as exc:
+            raise DaemonUnreachable(
+                f"the vouch daemon at {self.base_url} did not answer within {self._timeout:g}s; "
+                f"{_start_hint(self.base_url)}"
+            ) from exc
+        except httpx.TransportError as exc:
+            raise DaemonUnreachable(
+                f"cannot reach the vouch daemon at {self.base_url} ({exc or type(exc).__name__}); "
+                f"{_start_hint(self.base_url)}"
+            ) from exc
+        if response.is_error:
+            self._raise_for(response)
+        if not expect_json:
+            return response.text
+        try:
+            return response.json()
+        except ValueError as exc:
+            raise DaemonUnreachable(
+                f"{self.base_url} answered {method} {path} with something other than JSON; {_start_hint(self.base_url)}"
+            ) from exc
+
+    def _raise_for(self, response: httpx.Response) -> None:
+        message, field = _error_of(response)
+        status = response.status_code
+        if status == 401:
+            raise AuthError(
+                f"the daemon at {self.base_url} refused the token ({message}); use the token the daemon "
+                "printed or wrote to its token file: --token, $VOUCH_TOKEN or --token-file"
+            )
+        if status == 404:
+            raise NotFoundError(message)
+        if status == 409:
+            raise ConflictError(message)
+        if status < 500:
+            raise InputError(f"{field}: {message}" if field and field not in message else message)
+        raise DaemonUnreachable(
+            f"the vouch daemon at {self.base_url} failed (HTTP {status}: {message}); "
+            "see the daemon's log, then try again"
+        )
+
+    # ----------------------------------------------------------------- the routes
+
+    def submit(self, service: str, version: str, *, environment: str | None = None) -> dict[str, Any]:
+        """Starts a release; ``environment`` None runs the service's whole chain."""
+        body: dict[str, str] = {"service": service, "version": version}
+        if environment is not None:
+            body["environment"] = environment
+        result: dict[str, Any] = self._request("POST", "/api/v1/promotions", body=body)
+        return result
+
+    def list_promotions(
+        self,
+        *,
+        service: str | None = None,
+        environment: str | None = None,
+        active: bool | None = None,
+        release: str | None = None,
+        limit: int | None = None,
+    ) -> dict[str, Any]:
+        params = _query(service=service, environment=environment, active=active, release=release, limit=limit)
+        result: dict[str, Any] = self._request("GET", "/api/v1/promotions", params=params)
+        return result
+
+    def get_promotion(self, promotion_id: str) -> dict[str, Any]:
+        result: dict[str, Any] = self._request("GET", f"/api/v1/promotions/{_segment(promotion_id)}")
+        return result
+
+    def abort(self, promotion_id: str, *, reason: str | None = None) -> dict[str, Any]:
+        body = {"reason": reason} if reason is not None else {}
+        path = f"/api/v1/promotions/{_segment(promotion_id)}/abort"
+        result: dict[str, Any] = self._request("POST", path, body=body)
+        return result
+
+    def list_releases(
+        self, *, service: str | None = None, active: bool | None = None, limit: int | None = None
+    ) -> dict[str, Any]:
+        params = _query(service=service, active=active, limit=limit)
+        result: dict[str, Any] = self._request("GET", "/api/v1/releases", params=params)
+        return result
+
+    def get_release(self, release_id: str) -> dict[str, Any]:
+        result: dict[str, Any] = self._request("GET", f"/api/v1/releases/{_segment(release_id)}")
+        return result
+
+    def events(
+        self,
+        *,
+        after: int | None = None,
+        promotion: str | None = None,
+        release: str | None = None,
+        limit: int | None = None,
+    ) -> dict[str, Any]:
+        params = _query(after=after, promotion=promotion, release=release, limit=limit)
+        result: dict[str, Any] = self._request("GET", "/api/v1/events", params=params)
+        return result
+
+    def send_alerts(self, payload: Mapping[str, Any]) -> dict[str, Any]:
+        """Posts an Alertmanager webhook payload (version 4), as Alertmanager would."""
+        result: dict[str, Any] = self._request("POST", "/api/v1/alerts", body=dict(payload))
+        return result
+
+    def list_alerts(self, *, limit: int | None = None) -> dict[str, Any]:
+        result: dict[str, Any] = self._request("GET", "/api/v1/alerts", params=_query(limit=limit))
+        return result
+
+    def health(self) -> dict[str, Any]:
+        """``/healthz``: the daemon process answers."""
+        result: dict[str, Any] = self._request("GET", "/healthz")
+        return result
+
+    def ready(self) -> bool:
+        """``/readyz``: the daemon answers and can act on requests."""
+        try:
+            self._request("GET", "/readyz")
+        except DaemonUnreachable:
+            return False
+        return True
