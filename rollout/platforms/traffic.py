@@ -129,6 +129,8 @@ class TrafficRecorder:
         counts = [0] * (len(BUCKETS) + 1)
         if series is not None:
             for row in reversed(series.seconds):
+                if row[0] > int(now):
+                    continue  # a window ending in the past must not see later traffic
                 if row[0] < since:
                     break
                 requests += row[1]
