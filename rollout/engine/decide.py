@@ -227,10 +227,11 @@ def _analysed(p: Promotion, event: Event, now: float) -> Promotion:
         return _next_run(p, c, Phase.PAUSED, now, f"paused, waiting for data: {summary}")
     c = dataclasses.replace(c, passes=c.passes + 1)
     if c.passes < lim.runs:
-        return _next_run(p, c, Phase.PROGRESSING, now, f"run {c.runs} passed ({c.passes}/{lim.runs})")
+        return _next_run(p, c, Phase.PROGRESSING, now, f"run {c.runs} passed ({c.passes}/{lim.runs}): {summary}")
     if p.step + 1 < len(p.plan):
-        return _start_step(dataclasses.replace(p, counters=c), p.step + 1, now, prefix=f"step {_step_name(p)} passed; ")
-    message = f"step {_step_name(p)} passed; all {len(p.plan)} steps held, promoting {p.version}"
+        passed = f"step {_step_name(p)} passed ({summary}); "
+        return _start_step(dataclasses.replace(p, counters=c), p.step + 1, now, prefix=passed)
+    message = f"step {_step_name(p)} passed ({summary}); all {len(p.plan)} steps held, promoting {p.version}"
     return _enter(dataclasses.replace(p, step=len(p.plan), counters=c), Phase.PROMOTING, None, now, message)
 
 

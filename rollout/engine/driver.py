@@ -36,6 +36,7 @@ class EngineHooks(Protocol):
 
     def on_transition(self, before: Promotion | None, after: Promotion) -> None: ...
     def on_verdicts(self, promotion: Promotion, verdicts: Sequence[Verdict]) -> None: ...
+    def on_step(self, promotion: Promotion, step: StepRecord) -> None: ...
     def on_event(self, event: Event) -> None: ...
 
 
@@ -46,6 +47,9 @@ class NoHooks:
         pass
 
     def on_verdicts(self, promotion: Promotion, verdicts: Sequence[Verdict]) -> None:
+        pass
+
+    def on_step(self, promotion: Promotion, step: StepRecord) -> None:
         pass
 
     def on_event(self, event: Event) -> None:
@@ -285,6 +289,8 @@ class Driver:
             if rec != self._step_record:
                 await self._store.save_step(rec)
                 self._step_record = rec
+                if rec.outcome is not None:
+                    self._hooks.on_step(after, rec)
         starting = after.step_phase is StepPhase.SCALING and (
             before.step != after.step or before.step_phase is not StepPhase.SCALING
         )

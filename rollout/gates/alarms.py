@@ -36,7 +36,8 @@ class AlarmGate:
         )
         measurement = Measurement("firing alerts", float(len(alerts)), threshold="== 0")
         if not alerts:
-            return Verdict(self.name, GatePhase.PASS, measurements=(measurement,))
+            reason = f"no alert firing for {ctx.target}"
+            return Verdict(self.name, GatePhase.PASS, reasons=(reason,), measurements=(measurement,))
         reasons = tuple(_reason(alert, ctx.target) for alert in alerts)
         return Verdict(self.name, GatePhase.FAIL, reasons=reasons, measurements=(measurement,))
 

@@ -36,9 +36,7 @@ class Platform(Protocol):
     async def observe(self, target: Target) -> Observed:
         """Report the target's versions, desired and ready replicas and ready endpoints."""
 
-    async def scale(
-        self, target: Target, *, stable_replicas: int, canary_version: str, canary_replicas: int
-    ) -> None:
+    async def scale(self, target: Target, *, stable_replicas: int, canary_version: str, canary_replicas: int) -> None:
         """Run ``canary_replicas`` of ``canary_version`` beside ``stable_replicas`` of stable."""
 
     async def promote(self, target: Target, version: str) -> None:

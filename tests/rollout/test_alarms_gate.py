@@ -53,7 +53,7 @@ def test_is_a_gate() -> None:
 async def test_passes_with_no_alert_firing() -> None:
     verdict = await AlarmGate(AlertBook(), AlarmSpec()).evaluate(context())
     assert verdict.phase is GatePhase.PASS
-    assert verdict.reasons == ()
+    assert verdict.reasons == ("no alert firing for checkout/staging",)
     assert verdict.measurements == (Measurement("firing alerts", 0, threshold="== 0"),)
     assert not verdict.errored
 

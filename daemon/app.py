@@ -1,0 +1,143 @@
+"""The daemon process: wires configuration, store, platform, gates, engine and API together.
+
+Shutdown order matters and runs shielded from cancellation: the API stops
+taking requests, the engine stops (every decision is already on record), the
+platform stops its replicas, then the store closes. A SIGKILL skips all of
+that, which is why every part resumes from the store and the platform's own
+state file on the next start.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from aiohttp import web
+from prometheus_client import CollectorRegistry
+
+from vouch.daemon.api import build_app
+from vouch.daemon.auth import TokenSource, resolve_token
+from vouch.daemon.config import VouchConfig
+from vouch.daemon.controller import DaemonController
+from vouch.daemon.metrics import DaemonMetrics
+from vouch.daemon.store.sqlite import SqliteStore
+from vouch.rollout.alarms import AlertBook
+from vouch.rollout.engine.driver import DriverSettings
+from vouch.rollout.engine.runner import Engine
+from vouch.rollout.gates import build_gates
+from vouch.rollout.gates.base import Gate
+from vouch.rollout.metrics import build_providers
+from vouch.rollout.metrics.base import MetricProvider
+from vouch.rollout.model import Verdict
+from vouch.rollout.platforms.local import LocalPlatform
+from vouch.rollout.platforms.traffic import TrafficRecorder
+from vouch.rollout.state import Event, Promotion, StepRecord
+
+log = logging.getLogger("vouch.daemon")
+
+
+@dataclass(frozen=True)
+class DaemonInfo:
+    """What a started daemon tells whoever started it."""
+
+    url: str
+    token: TokenSource
+    state_dir: Path
+
+
+class _Hooks:
+    """Feeds the engine's changes to the metrics and the log."""
+
+    def __init__(self, metrics: DaemonMetrics) -> None:
+        self._metrics = metrics
+
+    def on_transition(self, before: Promotion | None, after: Promotion) -> None:
+        self._metrics.transition(before, after)
+
+    def on_verdicts(self, promotion: Promotion, verdicts: Sequence[Verdict]) -> None:
+        self._metrics.verdicts(verdicts)
+
+    def on_step(self, promotion: Promotion, step: StepRecord) -> None:
+        self._metrics.step_finished(step, environment=promotion.environment)
+
+    def on_event(self, event: Event) -> None:
+        where = f"{event.data.get('service', '')}/{event.data.get('environment', '')}".strip("/")
+        log.info("%s %s: %s", event.kind, where or event.release_id, event.message)
+
+
+def _gate_factory(
+    config: VouchConfig, providers: dict[str, MetricProvider], alerts: AlertBook
+) -> Callable[[Promotion], Sequence[Gate]]:
+    def gates_for(promotion: Promotion) -> Sequence[Gate]:
+        return build_gates(
+            promotion.gates,
+            slos=config.services[promotion.service].slos,
+            providers=providers,
+            alerts=alerts,
+            alarms=config.environments[promotion.environment].alarms,
+        )
+
+    return gates_for
+
+
+async def serve(
+    config: VouchConfig,
+    *,
+    on_ready: Callable[[DaemonInfo], None] | None = None,
+    settings: DriverSettings | None = None,
+) -> None:
+    """Run the daemon until cancelled (SIGTERM and SIGINT cancel it in ``vouch daemon``)."""
+    state = config.state_path()
+    state.mkdir(parents=True, exist_ok=True)
+    token = resolve_token(token_env=config.daemon.token_env, token_file=config.token_path())
+    registry = CollectorRegistry()
+    traffic = TrafficRecorder(registry)
+    store = await SqliteStore.open(state / "vouch.db")
+    platform = LocalPlatform(config.platform, config.services, state_dir=state, traffic=traffic, registry=registry)
+    providers = build_providers(config.metric_providers, traffic=traffic)
+    alerts = AlertBook()
+    metrics = DaemonMetrics(registry)
+    metrics.reset(await store.list_promotions(active=True, limit=100_000))
+    engine = Engine(
+        store=store,
+        platform=platform,
+        services=config.services,
+        environments=config.environments,
+        gates=_gate_factory(config, providers, alerts),
+        hooks=_Hooks(metrics),
+        settings=settings,
+    )
+    controller = DaemonController(
+        engine=engine, store=store, alerts=alerts, environments=config.environments, metrics=metrics
+    )
+    app = build_app(controller, token=token.token, registry=registry, max_body_bytes=config.daemon.max_body_bytes)
+    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    host, port = config.host_port()
+    try:
+        await runner.setup()
+        await platform.start()
+        site = web.TCPSite(runner, host, port)
+        await site.start()
+        async with asyncio.TaskGroup() as group:
+            group.create_task(engine.run(), name="engine")
+            await engine.started.wait()
+            url = f"http://{host}:{port}"
+            log.info("listening on %s; state in %s", url, state)
+            if on_ready is not None:
+                on_ready(DaemonInfo(url=url, token=token, state_dir=state))
+    finally:
+        await asyncio.shield(_shutdown(runner, platform, providers, store))
+
+
+async def _shutdown(
+    runner: web.AppRunner, platform: LocalPlatform, providers: dict[str, MetricProvider], store: SqliteStore
+) -> None:
+    steps = [runner.cleanup, platform.stop, *(p.close for p in providers.values()), store.close]
+    for step in steps:
+        try:
+            await step()
+        except Exception:
+            log.exception("error while shutting down (%s); continuing", getattr(step, "__qualname__", step))

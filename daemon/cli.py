@@ -1,0 +1,328 @@
+"""The ``vouch`` command line.
+
+Exit codes: 0 success; 1 the thing checked failed (a promotion rolled back);
+2 usage, configuration or connection problems, with a message naming what is
+wrong. With ``--json`` stdout carries exactly one JSON document and progress
+goes to stderr.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any, NoReturn
+
+import typer
+from rich.console import Console
+
+from vouch.core.errors import ConfigError, ConflictError, VouchError
+from vouch.daemon.auth import read_client_token
+from vouch.daemon.client import VouchClient
+from vouch.daemon.config import VouchConfig, load_config
+from vouch.daemon.configcmd import config_app
+from vouch.daemon.render import print_status, render_event, status_rows, status_table
+
+app = typer.Typer(
+    name="vouch",
+    help=(
+        "Progressive delivery with no human in the loop after merge: roll a version out step by step, "
+        "judge every step on SLOs and alarms, and roll back the moment anything fails.\n\n"
+        "Start with `vouch demo`, or `vouch daemon --config vouch.yaml` and `vouch promote SERVICE VERSION`."
+    ),
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+app.add_typer(config_app, name="config")
+
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+out = Console(highlight=False, soft_wrap=True)
+
+DEFAULT_CONFIG = "vouch.yaml"
+
+ConfigOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--config",
+        "-c",
+        envvar="VOUCH_CONFIG",
+        help="The daemon's configuration; gives the API address and token file. Default: ./vouch.yaml if present.",
+    ),
+]
+UrlOpt = Annotated[
+    str | None, typer.Option("--url", envvar="VOUCH_URL", help="The daemon's API, e.g. http://127.0.0.1:8470.")
+]
+TokenOpt = Annotated[str | None, typer.Option("--token", envvar="VOUCH_TOKEN", help="API token.", show_default=False)]
+TokenFileOpt = Annotated[Path | None, typer.Option("--token-file", help="A file holding the API token.")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document to stdout; progress goes to stderr.")]
+EnvOpt = Annotated[str | None, typer.Option("--env", "-e", help="The environment, as named in the configuration.")]
+
+
+# --------------------------------------------------------------------------- plumbing
+
+
+def fail(message: str, *, as_json: bool, code: int = 2, **extra: Any) -> NoReturn:
+    """Report ``message`` and exit with ``code`` (2 unless the checked thing itself failed)."""
+    if as_json:
+        print(json.dumps({"error": {"message": message, **extra}}))
+    else:
+        err.print(f"[bold red]error:[/] {message}", markup=True)
+    raise typer.Exit(code)
+
+
+@contextmanager
+def reported(*, as_json: bool) -> Iterator[None]:
+    """Turn vouch's errors into messages and exit code 2."""
+    try:
+        yield
+    except ConfigError as exc:
+        if as_json:
+            print(
+                json.dumps({"error": {"message": "invalid configuration", "problems": [vars(p) for p in exc.problems]}})
+            )
+        else:
+            for problem in exc.problems:
+                err.print(str(problem), markup=False)
+        raise typer.Exit(2) from None
+    except VouchError as exc:
+        fail(str(exc), as_json=as_json, kind=type(exc).__name__)
+
+
+def _load(config: Path | None) -> VouchConfig | None:
+    if config is None and Path(DEFAULT_CONFIG).exists():
+        config = Path(DEFAULT_CONFIG)
+    return load_config(config) if config is not None else None
+
+
+def connect(config: Path | None, url: str | None, token: str | None, token_file: Path | None) -> VouchClient:
+    """A client for the daemon named by the options, the configuration, or the defaults."""
+    cfg = _load(config)
+    if url is None:
+        host, port = cfg.host_port() if cfg else ("127.0.0.1", 8470)
+        url = f"http://{host}:{port}"
+    token_env = cfg.daemon.token_env if cfg else "VOUCH_TOKEN"
+    if token_file is None and cfg is not None:
+        token_file = cfg.token_path()
+    secret = read_client_token(token=token, token_file=token_file, token_env=token_env)
+    return VouchClient(url, secret, actor=os.environ.get("USER") or "cli")
+
+
+# --------------------------------------------------------------------------- daemon
+
+
+@app.command()
+def daemon(
+    config: Annotated[
+        Path, typer.Option("--config", "-c", envvar="VOUCH_CONFIG", help="The configuration file.")
+    ] = Path(DEFAULT_CONFIG),
+) -> None:
+    """Run the daemon: the API, the engine and the platform, until SIGTERM or Ctrl-C.
+
+    Promotions in flight when it last stopped, however it stopped, resume where they stood.
+
+    Example: vouch daemon --config examples/local.yaml
+    """
+    from vouch.daemon.app import DaemonInfo, serve
+    from vouch.daemon.logs import setup_logging
+
+    with reported(as_json=False):
+        cfg = load_config(config)
+    setup_logging(cfg.daemon.log_level)
+
+    def announce(info: DaemonInfo) -> None:
+        where = {"env": f"${cfg.daemon.token_env}", "file": str(info.token.path), "created": str(info.token.path)}
+        note = " (created now)" if info.token.origin == "created" else ""
+        err.print(f"vouch daemon ready on {info.url}; API token from {where[info.token.origin]}{note}", markup=False)
+
+    async def main() -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, task.cancel)
+        await serve(cfg, on_ready=announce)
+
+    with reported(as_json=False):
+        try:
+            asyncio.run(main())
+        except asyncio.CancelledError:
+            err.print("vouch daemon stopped", markup=False)
+
+
+# --------------------------------------------------------------------------- promote
+
+
+@app.command()
+def promote(
+    service: Annotated[str, typer.Argument(help="The service, as named in the configuration.")],
+    version: Annotated[str, typer.Argument(help="The version to roll out.")],
+    env: EnvOpt = None,
+    wait: Annotated[
+        bool, typer.Option("--wait", "-w", help="Follow the release to its end; exit 1 if it fails.")
+    ] = False,
+    as_json: JsonOpt = False,
+    config: ConfigOpt = None,
+    url: UrlOpt = None,
+    token: TokenOpt = None,
+    token_file: TokenFileOpt = None,
+) -> None:
+    """Release VERSION of SERVICE through its environments in order, or only --env.
+
+    Each environment is one promotion: its plan's steps, each judged by its gates; any failure rolls back
+    and stops the release there.
+
+    Example: vouch promote checkout 2.4.1 --wait
+    """
+    with reported(as_json=as_json), connect(config, url, token, token_file) as client:
+        created = client.submit(service, version, environment=env)
+        release = created["release"]
+        if not wait:
+            _print_result({"release": release, "promotions": created["promotions"]}, as_json=as_json)
+            return
+        result = follow_release(client, release["id"], on_event=lambda e: err.print(render_event(e)))
+    _print_result(result, as_json=as_json)
+    if result["release"]["phase"] != "Succeeded":
+        raise typer.Exit(1)
+
+
+def follow_release(
+    client: VouchClient, release_id: str, *, on_event: Callable[[dict[str, Any]], None]
+) -> dict[str, Any]:
+    """Stream a release's events to ``on_event`` until it ends; return the release and its promotions."""
+    after = 0
+    while True:
+        events = client.events(release=release_id, after=after)["events"]
+        for event in events:
+            on_event(event)
+            after = max(after, event["id"])
+        got = client.get_release(release_id)
+        if got["release"]["phase"] != "Progressing" and not events:
+            return {"release": got["release"], "promotions": got["promotions"]}
+        time.sleep(0.25)
+
+
+def _print_result(result: dict[str, Any], *, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(result, indent=2))
+        return
+    release = result["release"]
+    out.print(f"release {release['id']}: {release['service']} {release['version']} — {release['phase']}")
+    print_status(out, status_rows(result["promotions"]))
+
+
+# --------------------------------------------------------------------------- status and abort
+
+
+@app.command()
+def status(
+    service: Annotated[str | None, typer.Argument(help="Only this service.")] = None,
+    env: EnvOpt = None,
+    watch: Annotated[bool, typer.Option("--watch", "-w", help="Refresh every second until Ctrl-C.")] = False,
+    limit: Annotated[int, typer.Option("--limit", help="Most recent promotions to show.")] = 20,
+    as_json: JsonOpt = False,
+    config: ConfigOpt = None,
+    url: UrlOpt = None,
+    token: TokenOpt = None,
+    token_file: TokenFileOpt = None,
+) -> None:
+    """Show promotions, newest first: phase, step, and what they are doing.
+
+    Example: vouch status checkout --env production --watch
+    """
+    if watch and as_json:
+        fail("--watch is for people; scripts use --json without --watch", as_json=True)
+    with reported(as_json=as_json), connect(config, url, token, token_file) as client:
+
+        def fetch() -> list[dict[str, Any]]:
+            found: list[dict[str, Any]] = client.list_promotions(service=service, environment=env, limit=limit)[
+                "promotions"
+            ]
+            return found
+
+        if as_json:
+            print(json.dumps({"promotions": fetch()}, indent=2))
+        elif watch:
+            _watch(fetch)
+        else:
+            print_status(out, status_rows(fetch()))
+
+
+def _watch(fetch: Callable[[], list[dict[str, Any]]]) -> None:
+    from rich.live import Live
+
+    with Live(status_table(status_rows(fetch())), console=out, refresh_per_second=2) as live:
+        try:
+            while True:
+                time.sleep(1)
+                live.update(status_table(status_rows(fetch())))
+        except KeyboardInterrupt:
+            pass
+
+
+@app.command()
+def abort(
+    service: Annotated[str, typer.Argument(help="The service whose promotion to roll back.")],
+    env: Annotated[str, typer.Option("--env", "-e", help="The environment of the promotion.")],
+    reason: Annotated[str, typer.Option("--reason", help="Why; kept with the promotion.")] = "aborted from the CLI",
+    as_json: JsonOpt = False,
+    config: ConfigOpt = None,
+    url: UrlOpt = None,
+    token: TokenOpt = None,
+    token_file: TokenFileOpt = None,
+) -> None:
+    """Roll back the active promotion of SERVICE in --env now.
+
+    Example: vouch abort checkout --env staging --reason "bad migration"
+    """
+    with reported(as_json=as_json), connect(config, url, token, token_file) as client:
+        active = client.list_promotions(service=service, environment=env, active=True)["promotions"]
+        if not active:
+            raise ConflictError(f"{service}/{env} has no active promotion to abort")
+        result = client.abort(active[0]["id"], reason=reason)
+    if as_json:
+        print(json.dumps(result, indent=2))
+    else:
+        p = result["promotion"]
+        out.print(f"{p['service']}/{p['environment']} {p['version']}: {p['phase']} — {p['message']}", markup=False)
+
+
+# --------------------------------------------------------------------------- demo
+
+
+@app.command()
+def demo(
+    as_json: JsonOpt = False,
+    state_dir: Annotated[
+        Path | None, typer.Option("--state-dir", help="Where the demo keeps its state (default: a new temp folder).")
+    ] = None,
+) -> None:
+    """Tell the story of four releases on the local platform, in under two minutes.
+
+    v1 is deployed to staging and production (10 replicas each) under steady traffic; v2 is released through
+    both, step by step, to success; v3 fails 20% of requests and is rolled back by the SLO gate; v4 looks
+    healthy but trips an Alertmanager alarm and is rolled back by it. Needs nothing but this package.
+    """
+    from vouch.daemon.demo.story import run_demo
+
+    with reported(as_json=as_json):
+        result = run_demo(state_dir=state_dir, narrate=lambda line: err.print(line))
+    if as_json:
+        print(json.dumps(result.document, indent=2))
+    if not result.ok:
+        err.print("the demo did not go as told: " + "; ".join(result.surprises), markup=False)
+        raise typer.Exit(1)
+
+
+def main() -> None:
+    """Console entry point."""
+    try:
+        app()
+    except KeyboardInterrupt:
+        sys.exit(130)

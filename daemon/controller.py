@@ -1,0 +1,110 @@
+"""What the HTTP API asks of the daemon: start releases, abort, and act on Alertmanager's alarms.
+
+Alarms are events, not polls: a firing alert that matches a running
+promotion aborts it before the webhook is answered, so Alertmanager only
+hears "200" once the rollback is on record (and retries if it is not).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Mapping
+
+from vouch.core.errors import ConflictError
+from vouch.daemon.metrics import DaemonMetrics
+from vouch.rollout.alarms import Alert, AlertBook, matches, parse_webhook
+from vouch.rollout.config import EnvironmentSpec
+from vouch.rollout.engine.runner import Engine
+from vouch.rollout.state import AlertRecord, Promotion, Release, Store
+
+log = logging.getLogger(__name__)
+
+
+class DaemonController:
+    """Implements the API's ``Controller`` on top of the engine, the store and the alert book."""
+
+    def __init__(
+        self,
+        *,
+        engine: Engine,
+        store: Store,
+        alerts: AlertBook,
+        environments: Mapping[str, EnvironmentSpec],
+        metrics: DaemonMetrics,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.store = store
+        self._engine = engine
+        self._alerts = alerts
+        self._environments = environments
+        self._metrics = metrics
+        self._clock = clock
+
+    def ready(self) -> bool:
+        return self._engine.started.is_set()
+
+    async def submit(self, *, service: str, version: str, environment: str | None, actor: str) -> Release:
+        return await self._engine.submit(service=service, version=version, environment=environment, actor=actor)
+
+    async def abort(self, promotion_id: str, *, actor: str, reason: str) -> Promotion:
+        return await self._engine.abort(promotion_id, actor=actor, reason=reason or f"aborted by {actor}")
+
+    async def receive_alerts(self, payload: object, *, actor: str) -> list[AlertRecord]:
+        """Record every alert; a firing one that matches a running promotion rolls it back now."""
+        received = self._clock()
+        webhook = parse_webhook(payload)
+        if webhook.truncated_alerts:
+            log.warning("Alertmanager left %d alerts out of a webhook (max_alerts)", webhook.truncated_alerts)
+        firing, resolved = self._alerts.update(webhook)
+        records = []
+        for alert in firing:
+            aborted = await self._abort_matching(alert, received=received, actor=actor)
+            records.append(await self._record(alert, received, aborted))
+        for alert in resolved:
+            records.append(await self._record(alert, received, ()))
+        return records
+
+    async def _abort_matching(self, alert: Alert, *, received: float, actor: str) -> tuple[str, ...]:
+        targets = [p for p in self._engine.active() if self._matches(alert, p)]
+        reason = f"alert {alert.name} is firing" + (f": {alert.summary}" if alert.summary else "")
+        results = await asyncio.gather(
+            *(
+                self._engine.abort(p.id, actor=actor, reason=reason, cause=f"alarm:{alert.name}", at=received)
+                for p in targets
+            ),
+            return_exceptions=True,
+        )
+        aborted = []
+        for promotion, result in zip(targets, results, strict=True):
+            if isinstance(result, ConflictError):
+                log.info("alert %s matched %s too late: %s", alert.name, promotion.id, result)
+            elif isinstance(result, BaseException):
+                raise result
+            else:
+                aborted.append(promotion.id)
+        return tuple(aborted)
+
+    def _matches(self, alert: Alert, promotion: Promotion) -> bool:
+        spec = self._environments[promotion.environment].alarms
+        return matches(
+            alert.labels,
+            service=promotion.service,
+            environment=promotion.environment,
+            version=promotion.version,
+            spec=spec,
+        )
+
+    async def _record(self, alert: Alert, received: float, aborted: tuple[str, ...]) -> AlertRecord:
+        record = AlertRecord(
+            received_at=received,
+            status=alert.status,
+            labels=dict(alert.labels),
+            annotations=dict(alert.annotations),
+            fingerprint=alert.fingerprint,
+            matched=aborted,
+        )
+        record = await self.store.add_alert(record)
+        self._metrics.alert(record)
+        return record
