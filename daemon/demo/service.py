@@ -7,7 +7,7 @@ answers 500 and ``latency_ms`` is waited before answering. Faults come from
 the command line or, per version, from a JSON file that is re-read whenever
 it changes, so a running demo can make one version misbehave::
 
-    {"2.0.0": {"error_ratio": 0.2, "latency_ms": 50}}
+    {"2.0.0": {"error_ratio": 0.2, "latency_ms": 50, "startup_ms": 0}}
 
 Example::
 
@@ -36,10 +36,12 @@ DRAIN_SECONDS = 2.0
 
 @dataclass(frozen=True)
 class Faults:
-    """What this replica does wrong: a share of 500s and added latency."""
+    """What this replica does wrong: a share of 500s, added latency, a slow start."""
 
     error_ratio: float = 0.0
     latency_ms: float = 0.0
+    startup_ms: float = 0.0
+    """How long the replica waits before it listens: a slow start, read once at start."""
 
 
 class FaultBook:
@@ -80,6 +82,7 @@ class FaultBook:
             return Faults(
                 error_ratio=float(entry.get("error_ratio", self._defaults.error_ratio)),
                 latency_ms=float(entry.get("latency_ms", self._defaults.latency_ms)),
+                startup_ms=float(entry.get("startup_ms", self._defaults.startup_ms)),
             )
         except (OSError, ValueError, TypeError, AttributeError) as exc:
             print(f"demo: ignoring faults file {self._path}: {exc}", file=sys.stderr, flush=True)
@@ -186,6 +189,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--faults-file", type=Path, help="JSON faults per version, re-read on change")
     parser.add_argument("--error-ratio", type=float, default=0.0, help="share of requests answering 500")
     parser.add_argument("--latency-ms", type=float, default=0.0, help="latency added to each answer")
+    parser.add_argument("--startup-ms", type=float, default=0.0, help="wait this long before listening")
     return parser.parse_args(argv)
 
 
@@ -193,7 +197,10 @@ def main(argv: list[str] | None = None) -> int:
     """Serve until SIGTERM or SIGINT, then let requests in flight finish and exit 0."""
     signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)  # before any thread starts: all inherit it
     args = parse_args(argv)
-    faults = FaultBook(args.version, Faults(args.error_ratio, args.latency_ms), args.faults_file)
+    faults = FaultBook(args.version, Faults(args.error_ratio, args.latency_ms, args.startup_ms), args.faults_file)
+    startup = faults.current().startup_ms / 1000
+    if startup > 0 and signal.sigtimedwait(STOP_SIGNALS, startup) is not None:
+        return 0  # asked to stop while still starting
     serve(DemoServer((args.host, args.port), version=args.version, faults=faults))
     return 0
 

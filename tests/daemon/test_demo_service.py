@@ -143,3 +143,37 @@ def test_sigterm_while_connections_pour_in_still_exits_promptly(start_demo) -> N
             stop.set()
             for thread in threads:
                 thread.join()
+
+
+def test_a_slow_start_waits_before_listening_and_a_stop_cuts_it_short(tmp_path) -> None:
+    import signal
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "vouch.daemon.demo.service",
+            "--port",
+            str(port),
+            "--version",
+            "v1",
+            "--startup-ms",
+            "30000",
+        ]
+    )
+    try:
+        time.sleep(0.5)
+        with socket.socket() as probe:
+            assert probe.connect_ex(("127.0.0.1", port)) != 0, "not listening while starting"
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=5) == 0, "a stop during the slow start ends it at once"
+    finally:
+        proc.kill()
+        proc.wait()
