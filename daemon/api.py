@@ -4,7 +4,9 @@ The API is a thin shell. It authenticates, validates and serialises; every
 decision belongs to the :class:`Controller` behind it. Whatever a client sends,
 the answer is JSON (``{"error": {"code", "message", "field"?}}`` on failure)
 and the server keeps serving: one middleware maps every error class, and an
-unexpected exception becomes a logged 500 with a generic message.
+unexpected exception becomes a logged 500 with a generic message. This module
+holds the routes and the middleware; what crosses the wire (request models,
+body and query reading, serialisers) is in :mod:`vouch.daemon.apijson`.
 
     app = build_app(controller, token=source.token, registry=registry)
     runner = web.AppRunner(app)
@@ -12,32 +14,36 @@ unexpected exception becomes a logged 500 with a generic message.
 
 from __future__ import annotations
 
-import dataclasses
 import hmac
-import json
 import logging
-import math
 import re
-from collections.abc import Awaitable, Callable, Mapping
-from enum import Enum
-from typing import Any, Protocol, TypeVar
+from collections.abc import Awaitable, Callable
+from typing import Protocol
 from urllib.parse import quote
 
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from vouch.core.errors import AuthError, ConflictError, InputError, NotFoundError
-from vouch.rollout.state import (
-    AlertRecord,
-    Event,
-    Promotion,
-    Release,
-    StepRecord,
-    Store,
-    VerdictRecord,
+from vouch.daemon.apijson import (
+    AbortRequest,
+    AlertQuery,
+    ApiError,
+    EventQuery,
+    PromotionQuery,
+    ReleaseQuery,
+    SubmitRequest,
+    alert_dict,
+    event_dict,
+    json_response,
+    query_of,
+    read_json,
+    step_dict,
+    validated,
+    verdict_dict,
 )
+from vouch.rollout.state import AlertRecord, Promotion, Release, Store
 
 logger = logging.getLogger(__name__)
 
@@ -49,7 +55,6 @@ MAX_ACTOR_LENGTH = 64
 DEFAULT_ACTOR = "api"
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-_M = TypeVar("_M", bound=BaseModel)
 
 
 class Controller(Protocol):
@@ -81,83 +86,7 @@ class Controller(Protocol):
         ...
 
 
-# --------------------------------------------------------------------------- request models
-
-
-class _Body(BaseModel):
-    """Request bodies: unknown fields are errors and JSON types are taken as they are."""
-
-    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
-
-
-class SubmitRequest(_Body):
-    service: str = Field(min_length=1, max_length=128)
-    version: str = Field(min_length=1, max_length=256)
-    environment: str | None = Field(default=None, min_length=1, max_length=128)
-
-
-class AbortRequest(_Body):
-    reason: str | None = Field(default=None, max_length=2000)
-
-
-class _Query(BaseModel):
-    """Query strings: strings converted (``active=true``, ``limit=10``); unknown names are errors."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class PromotionQuery(_Query):
-    service: str | None = None
-    environment: str | None = None
-    active: bool | None = None
-    release: str | None = None
-    limit: int = Field(default=100, ge=1, le=1000)
-
-
-class ReleaseQuery(_Query):
-    service: str | None = None
-    active: bool | None = None
-    limit: int = Field(default=100, ge=1, le=1000)
-
-
-class EventQuery(_Query):
-    after: int = Field(default=0, ge=0)
-    promotion: str | None = None
-    release: str | None = None
-    limit: int = Field(default=500, ge=1, le=5000)
-
-
-class AlertQuery(_Query):
-    limit: int = Field(default=100, ge=1, le=1000)
-
-
-# --------------------------------------------------------------------------- errors
-
-
-class ApiError(Exception):
-    """An answer other than success, already decided: status, stable code, message, field."""
-
-    def __init__(
-        self,
-        status: int,
-        code: str,
-        message: str,
-        *,
-        field: str | None = None,
-        headers: Mapping[str, str] | None = None,
-    ) -> None:
-        super().__init__(message)
-        self.status = status
-        self.code = code
-        self.message = message
-        self.field = field
-        self.headers = dict(headers or {})
-
-    def response(self) -> web.Response:
-        error: dict[str, Any] = {"code": self.code, "message": self.message}
-        if self.field is not None:
-            error["field"] = self.field
-        return json_response({"error": error}, status=self.status, headers=self.headers)
+# --------------------------------------------------------------------------- errors and middleware
 
 
 _HTTP_CODES = {
@@ -253,134 +182,6 @@ def _needs_token(request: web.Request) -> bool:
     return request.path.startswith("/api")
 
 
-# --------------------------------------------------------------------------- JSON in and out
-
-
-def _json_default(value: object) -> object:
-    if isinstance(value, Enum):
-        return value.value
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return dataclasses.asdict(value)
-    if isinstance(value, Mapping):
-        return dict(value)
-    if isinstance(value, (set, frozenset)):
-        return sorted(value, key=str)
-    return str(value)
-
-
-def _finite(value: object) -> object:
-    """Non-finite floats as null: NaN is not JSON, and a NaN measurement means "no value"."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_finite(v) for v in value]
-    return value
-
-
-def json_response(data: object, *, status: int = 200, headers: Mapping[str, str] | None = None) -> web.Response:
-    """Strict JSON (never NaN) with the API's content type."""
-    try:
-        text = json.dumps(data, default=_json_default, allow_nan=False)
-    except ValueError:
-        text = json.dumps(_finite(json.loads(json.dumps(data, default=_json_default))), allow_nan=False)
-    return web.Response(text=text, status=status, content_type="application/json", headers=headers)
-
-
-def _is_json_type(content_type: str) -> bool:
-    return content_type == "application/json" or (
-        content_type.startswith("application/") and content_type.endswith("+json")
-    )
-
-
-async def _read_limited(request: web.Request, max_bytes: int) -> bytes:
-    """The body, refused as soon as it passes ``max_bytes`` (a chunked body has no length to check)."""
-    too_large = ApiError(413, "too_large", f"the request body is larger than {max_bytes} bytes")
-    length = request.content_length
-    if length is not None and length > max_bytes:
-        raise too_large
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.content.iter_any():
-        size += len(chunk)
-        if size > max_bytes:
-            raise too_large
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
-def _reject_constant(name: str) -> object:
-    raise ValueError(f"{name} is not valid JSON")
-
-
-async def read_json(request: web.Request, *, max_bytes: int, required: bool) -> object | None:
-    """The parsed JSON body; None when there is none and ``required`` is false."""
-    empty = ApiError(400, "bad_json", "the request body is empty; send a JSON object")
-    if not request.body_exists:
-        if required:
-            raise empty
-        return None
-    if not _is_json_type(request.content_type):
-        raise ApiError(
-            415,
-            "unsupported_media_type",
-            f"send the body as 'Content-Type: application/json', not {request.content_type!r}",
-        )
-    raw = await _read_limited(request, max_bytes)
-    if not raw.strip():
-        if required:
-            raise empty
-        return None
-    try:
-        parsed: object = json.loads(raw.decode("utf-8"), parse_constant=_reject_constant)
-    except UnicodeDecodeError as exc:
-        raise ApiError(400, "bad_json", f"the body is not UTF-8 (byte {exc.start})") from exc
-    except json.JSONDecodeError as exc:
-        message = f"malformed JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}"
-        raise ApiError(400, "bad_json", message) from exc
-    except ValueError as exc:
-        raise ApiError(400, "bad_json", f"malformed JSON: {exc}") from exc
-    except RecursionError as exc:
-        raise ApiError(400, "bad_json", "malformed JSON: nested too deeply") from exc
-    return parsed
-
-
-def _describe(error: Mapping[str, Any]) -> str:
-    kind = error.get("type")
-    if kind == "missing":
-        return "is required"
-    if kind == "extra_forbidden":
-        return "is not a known field"
-    return str(error.get("msg", "is invalid"))
-
-
-def validated(model: type[_M], data: object, *, where: str = "body") -> _M:
-    """``data`` as ``model``, or a 422 naming the first field at fault (and listing all)."""
-    if not isinstance(data, dict):
-        kind = "an array" if isinstance(data, list) else type(data).__name__
-        if data is None:
-            kind = "null"
-        raise ApiError(422, "invalid", f"the request {where} must be a JSON object, not {kind}")
-    try:
-        return model.model_validate(data)
-    except ValidationError as exc:
-        errors = exc.errors()
-        fields = [".".join(str(p) for p in e["loc"]) for e in errors]
-        message = "; ".join(f"{f or where}: {_describe(e)}" for f, e in zip(fields, errors, strict=True))
-        raise ApiError(422, "invalid", message, field=fields[0] or None) from exc
-
-
-def query_of(request: web.Request, model: type[_M]) -> _M:
-    """The query string as ``model``; a parameter given twice is ambiguous and refused."""
-    seen: dict[str, str] = {}
-    for name, value in request.query.items():
-        if name in seen:
-            raise ApiError(422, "invalid", f"query parameter {name!r} is given more than once", field=name)
-        seen[name] = value
-    return validated(model, seen, where="query")
-
-
 _ACTOR_UNSAFE = re.compile(r"[^\w.@:+/ -]")
 
 
@@ -389,47 +190,6 @@ def actor_of(request: web.Request) -> str:
     raw = request.headers.get(ACTOR_HEADER, "")
     cleaned = _ACTOR_UNSAFE.sub("_", " ".join(raw.split()))[:MAX_ACTOR_LENGTH].strip()
     return cleaned or DEFAULT_ACTOR
-
-
-# --------------------------------------------------------------------------- serialisation
-
-
-def step_dict(step: StepRecord) -> dict[str, Any]:
-    return dataclasses.asdict(step)
-
-
-def verdict_dict(record: VerdictRecord) -> dict[str, Any]:
-    return {
-        "promotion_id": record.promotion_id,
-        "step": record.step,
-        "run": record.run,
-        "at": record.at,
-        "verdict": record.verdict.to_dict(),
-    }
-
-
-def event_dict(event: Event) -> dict[str, Any]:
-    return {
-        "id": event.id,
-        "kind": event.kind,
-        "message": event.message,
-        "at": event.at,
-        "promotion_id": event.promotion_id,
-        "release_id": event.release_id,
-        "data": dict(event.data),
-    }
-
-
-def alert_dict(alert: AlertRecord) -> dict[str, Any]:
-    return {
-        "id": alert.id,
-        "received_at": alert.received_at,
-        "status": alert.status,
-        "labels": dict(alert.labels),
-        "annotations": dict(alert.annotations),
-        "fingerprint": alert.fingerprint,
-        "matched": list(alert.matched),
-    }
 
 
 # --------------------------------------------------------------------------- routes

@@ -11,7 +11,10 @@ import math
 import re
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, GetJsonSchemaHandler, field_validator, model_validator
+from pydantic.json_schema import JsonSchemaValue
+from pydantic_core import CoreSchema
+
 from vouch.core.durations import Duration
 
 NAME_PATTERN = r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"
@@ -27,6 +30,8 @@ class Model(BaseModel):
 # --------------------------------------------------------------------------- plans
 
 _STEP = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(%?)\s*$")
+_STEP_SHORTHAND = r"^\s*\d+(\.\d+)?\s*%?\s*$"
+"""The strings ``_STEP`` reads, as a JSON Schema pattern (no groups: only the match matters there)."""
 
 
 class Step(Model):
@@ -49,9 +54,7 @@ class Step(Model):
         if isinstance(value, str):
             match = _STEP.match(value)
             if not match:
-                raise ValueError(
-                    f"{value!r} is not a step; write a pod count such as 2 or a share such as '50%'"
-                )
+                raise ValueError(f"{value!r} is not a step; write a pod count such as 2 or a share such as '50%'")
             number, percent = match.groups()
             if percent:
                 return {"percent": float(number)}
@@ -59,6 +62,21 @@ class Step(Model):
                 raise ValueError(f"{value!r}: a pod count must be a whole number")
             return {"pods": int(number)}
         return value
+
+    @classmethod
+    def __get_pydantic_json_schema__(cls, core_schema: CoreSchema, handler: GetJsonSchemaHandler) -> JsonSchemaValue:
+        """The object, or the shorthand ``_from_shorthand`` converts (``2``, ``'50%'``), which pydantic cannot see.
+
+        Only when validating: a dumped step is always the object.
+        """
+        schema = handler(core_schema)
+        if handler.mode != "validation":
+            return schema
+        shorthand: list[JsonSchemaValue] = [
+            {"type": "integer", "minimum": 1, "description": "canary pods"},
+            {"type": "string", "pattern": _STEP_SHORTHAND, "description": "pods, or a share such as '50%'"},
+        ]
+        return {"anyOf": [*shorthand, schema]}
 
     @model_validator(mode="after")
     def _exactly_one(self) -> Step:
@@ -231,7 +249,7 @@ class ServiceSpec(Model):
 
     command: list[str] | None = Field(default=None, min_length=1)
     """Local platform: the argv of one replica. Placeholders: ``{port}`` (required), ``{version}``,
-    ``{service}``, ``{environment}``, ``{replica}``."""
+    ``{service}``, ``{environment}``, ``{replica}``, and ``{python}`` (the daemon's own interpreter)."""
     image: str | None = None
     """Kubernetes platform: the container image, with ``{version}`` as its tag."""
     env: dict[str, str] = Field(default_factory=dict)
