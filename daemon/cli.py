@@ -34,7 +34,8 @@ app = typer.Typer(
     help=(
         "Progressive delivery with no human in the loop after merge: roll a version out step by step, "
         "judge every step on SLOs and alarms, and roll back the moment anything fails.\n\n"
-        "Start with `vouch demo`, or `vouch daemon --config vouch.yaml` and `vouch promote SERVICE VERSION`."
+        "Start with `vouch demo`, or `vouch daemon --config vouch.yaml` and `vouch promote SERVICE VERSION`.\n\n"
+        "Example: vouch promote checkout 2.4.1 --wait"
     ),
     no_args_is_help=True,
     add_completion=False,
@@ -192,20 +193,38 @@ def promote(
         raise typer.Exit(1)
 
 
+RELEASE_CLOSING_EVENTS = frozenset({"release.succeeded", "release.failed"})
+"""The event the daemon writes just after it saves a release's final phase."""
+
+
 def follow_release(
-    client: VouchClient, release_id: str, *, on_event: Callable[[dict[str, Any]], None]
+    client: VouchClient,
+    release_id: str,
+    *,
+    on_event: Callable[[dict[str, Any]], None],
+    poll: float = 0.25,
+    grace: float = 2.0,
 ) -> dict[str, Any]:
-    """Stream a release's events to ``on_event`` until it ends; return the release and its promotions."""
+    """Stream a release's events to ``on_event`` until it ends; return the release and its promotions.
+
+    The release is read before its events, so once it reads as finished every event before its end is
+    on record, except perhaps the closing one, written just after the phase: the stream goes on until
+    that shows, or for ``grace`` seconds (a daemon stopped between the two writes never writes it).
+    """
     after = 0
+    closed = False
+    ended_at: float | None = None
     while True:
-        events = client.events(release=release_id, after=after)["events"]
-        for event in events:
+        got = client.get_release(release_id)
+        for event in client.events(release=release_id, after=after)["events"]:
             on_event(event)
             after = max(after, event["id"])
-        got = client.get_release(release_id)
-        if got["release"]["phase"] != "Progressing" and not events:
-            return {"release": got["release"], "promotions": got["promotions"]}
-        time.sleep(0.25)
+            closed = closed or event["kind"] in RELEASE_CLOSING_EVENTS
+        if got["release"]["phase"] != "Progressing":
+            ended_at = time.monotonic() if ended_at is None else ended_at
+            if closed or time.monotonic() - ended_at >= grace:
+                return {"release": got["release"], "promotions": got["promotions"]}
+        time.sleep(poll)
 
 
 def _print_result(result: dict[str, Any], *, as_json: bool) -> None:
@@ -308,6 +327,8 @@ def demo(
     v1 is deployed to staging and production (10 replicas each) under steady traffic; v2 is released through
     both, step by step, to success; v3 fails 20% of requests and is rolled back by the SLO gate; v4 looks
     healthy but trips an Alertmanager alarm and is rolled back by it. Needs nothing but this package.
+
+    Example: vouch demo --json > demo.json
     """
     from vouch.daemon.demo.story import run_demo
 
