@@ -92,7 +92,7 @@ def decide(p: Promotion, event: Event, now: float) -> Promotion:
     if isinstance(event, PlatformFailed):
         if p.phase is Phase.ABORTING:
             return _finish(p, Phase.ROLLED_BACK, now, f"rollback incomplete: {event.error}")
-        return _abort(p, Abort("platform", event.error, now), now)
+        return _abort(p, Abort("platform", event.error, now), now, force=True)
     expired = _deadline_abort(p, now)
     if expired is not None:
         return expired
@@ -108,7 +108,9 @@ def can_abort(p: Promotion) -> bool:
 def deadline(p: Promotion) -> float | None:
     """When the current phase times out, if it is one that can hang."""
     if p.phase is Phase.PROMOTING:
-        return None  # past the point of no return: keep converging
+        # A first deploy that never gets ready must end; otherwise promoting is past the point of no
+        # return and keeps converging (the canary's version already held at every step).
+        return p.phase_since + p.limits.progress_deadline if p.initial else None
     if p.phase is Phase.ABORTING:
         if p.canary_stopped_at is None:
             return None  # the canary must go first, however long it takes
@@ -278,8 +280,11 @@ def _next_run(p: Promotion, c: Counters, phase: Phase, now: float, message: str)
     )  # fmt: skip
 
 
-def _abort(p: Promotion, abort: Abort, now: float, *, counters: Counters | None = None) -> Promotion:
-    if not can_abort(p):
+def _abort(
+    p: Promotion, abort: Abort, now: float, *, counters: Counters | None = None, force: bool = False
+) -> Promotion:
+    """Roll back; ``force`` also interrupts promoting (the platform failed it or it can never finish)."""
+    if not can_abort(p) and not (force and p.phase is Phase.PROMOTING):
         return p
     p = dataclasses.replace(p, abort=abort, counters=counters or p.counters, next_analysis_at=None)
     return _enter(p, Phase.ABORTING, p.step_phase, now, f"rolling back ({abort.cause}): {abort.reason}")
@@ -297,11 +302,19 @@ def _deadline_abort(p: Promotion, now: float) -> Promotion | None:
     waited = format_duration(p.limits.progress_deadline)
     if p.phase is Phase.ABORTING:
         return _finish(p, Phase.ROLLED_BACK, now, f"rolled back; stable not fully ready after {waited}")
-    what = "paused without conclusive data" if p.phase is Phase.PAUSED else f"step {_step_name(p)} not ready"
-    return _abort(p, Abort(f"deadline:{(p.step_phase or p.phase).value}", f"{what} after {waited}", now), now)
+    if p.phase is Phase.PROMOTING:
+        what = f"{p.version} not ready"
+    elif p.phase is Phase.PAUSED:
+        what = "paused without conclusive data"
+    else:
+        what = f"step {_step_name(p)} not ready"
+    cause = f"deadline:{(p.step_phase or p.phase).value.lower()}"
+    return _abort(p, Abort(cause, f"{what} after {waited}", now), now, force=True)
 
 
 def _step_name(p: Promotion) -> str:
+    if not p.plan:
+        return "-"
     index = min(p.step, len(p.plan) - 1)
     return f"{index + 1}/{len(p.plan)} ({p.plan[index].label})"
 

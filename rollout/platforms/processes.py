@@ -40,7 +40,7 @@ from vouch.rollout.model import Endpoint
 
 log = logging.getLogger(__name__)
 
-PLACEHOLDER = re.compile(r"\{(port|version|service|environment|replica)\}")
+PLACEHOLDER = re.compile(r"\{(port|version|service|environment|replica|python)\}")
 """The tokens replaced in a replica's command and environment; nothing else is touched."""
 
 BACKOFF_INITIAL = 0.2
@@ -140,6 +140,7 @@ class ReplicaSpec:
             "service": self.service,
             "environment": self.environment,
             "replica": str(self.index),
+            "python": sys.executable,
         }
 
     def argv(self, port: int) -> list[str]:

@@ -232,7 +232,8 @@ def test_a_platform_refusal_rolls_back():
 
 def test_a_first_deploy_skips_the_steps():
     p = promotion(stable=None)
-    assert p.initial and p.plan == ()
+    assert p.initial
+    assert p.plan == ()
     p = d.decide(p, d.Begin(), T0)
     assert p.phase is Phase.PROMOTING
     p = d.decide(p, d.Observation(Observed("v2", None, 4, 4, 0, 0)), T0 + 1)
@@ -243,3 +244,20 @@ def test_state_survives_a_round_trip_through_a_dict():
     p = d.decide(to_analysing(promotion(), T0), verdict(GatePhase.FAIL), T0 + 10)
     assert Promotion.from_dict(p.to_dict()) == p
     assert dataclasses.asdict(Promotion.from_dict(p.to_dict())) == dataclasses.asdict(p)
+
+
+def test_a_first_deploy_that_never_gets_ready_ends_at_the_deadline():
+    p = d.decide(promotion(stable=None), d.Begin(), T0)
+    assert d.wake_at(p) == T0 + 60
+    p = d.decide(p, d.Observation(Observed("v2", None, 4, 0, 0, 0)), T0 + 61)
+    assert (p.phase, p.abort.cause) == (Phase.ABORTING, "deadline:promoting")
+    assert "v2 not ready" in p.abort.reason
+
+
+def test_a_platform_failure_while_promoting_rolls_back_instead_of_retrying_forever():
+    p = to_analysing(promotion(steps=(1,)), T0)
+    p = d.decide(p, verdict(GatePhase.PASS), T0 + 10)
+    assert p.phase is Phase.PROMOTING
+    assert d.wake_at(p) is None, "a proven version keeps converging while promoting"
+    p = d.decide(p, d.PlatformFailed("cannot start replica"), T0 + 11)
+    assert (p.phase, p.abort.cause) == (Phase.ABORTING, "platform")
