@@ -40,6 +40,7 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode="markdown",
 )
 app.add_typer(config_app, name="config")
 
@@ -162,8 +163,8 @@ def daemon(
 
 @app.command()
 def promote(
-    service: Annotated[str, typer.Argument(help="The service, as named in the configuration.")],
-    version: Annotated[str, typer.Argument(help="The version to roll out.")],
+    service: Annotated[str, typer.Argument(metavar="SERVICE", help="The service, as named in the configuration.")],
+    version: Annotated[str, typer.Argument(metavar="VERSION", help="The version to roll out.")],
     env: EnvOpt = None,
     wait: Annotated[
         bool, typer.Option("--wait", "-w", help="Follow the release to its end; exit 1 if it fails.")
@@ -241,7 +242,7 @@ def _print_result(result: dict[str, Any], *, as_json: bool) -> None:
 
 @app.command()
 def status(
-    service: Annotated[str | None, typer.Argument(help="Only this service.")] = None,
+    service: Annotated[str | None, typer.Argument(metavar="SERVICE", help="Only this service.")] = None,
     env: EnvOpt = None,
     watch: Annotated[bool, typer.Option("--watch", "-w", help="Refresh every second until Ctrl-C.")] = False,
     limit: Annotated[int, typer.Option("--limit", help="Most recent promotions to show.")] = 20,
@@ -287,7 +288,7 @@ def _watch(fetch: Callable[[], list[dict[str, Any]]]) -> None:
 
 @app.command()
 def abort(
-    service: Annotated[str, typer.Argument(help="The service whose promotion to roll back.")],
+    service: Annotated[str, typer.Argument(metavar="SERVICE", help="The service whose promotion to roll back.")],
     env: Annotated[str, typer.Option("--env", "-e", help="The environment of the promotion.")],
     reason: Annotated[str, typer.Option("--reason", help="Why; kept with the promotion.")] = "aborted from the CLI",
     as_json: JsonOpt = False,
