@@ -18,7 +18,7 @@ import logging
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Protocol
 
-from vouch.core.errors import PlatformError
+from vouch.core.errors import PlatformError, PlatformUnavailable
 from vouch.rollout.engine import decide as d
 from vouch.rollout.gates.base import Gate
 from vouch.rollout.model import GateContext, GatePhase, Observed, Verdict
@@ -141,6 +141,10 @@ class Driver:
         signal = asyncio.ensure_future(self._abort_signal.wait())
         try:
             await asyncio.wait({task, signal}, return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:
+            task.cancel()  # the driver is being stopped: its platform call or analysis must stop with it
+            await asyncio.wait({task})
+            raise
         finally:
             signal.cancel()
         if task.done():
@@ -207,7 +211,9 @@ class Driver:
         await self._sleep_until(min(due, limit) if limit is not None else due)
         if limit is not None and self._clock() >= limit:
             return d.Tick()
-        observed = await self._platform.observe(p.target)
+        observed = await self._observe()
+        if observed is None:
+            return d.Tick()
         now = self._clock()
         ctx = GateContext(
             promotion_id=p.id,
@@ -232,11 +238,27 @@ class Driver:
     async def _wait_for(self, done: Callable[[Observed], bool]) -> d.Event:
         """Poll the platform until ``done`` or the phase's deadline; report what was seen."""
         while True:
-            observed = await self._platform.observe(self.promotion.target)
+            observed = await self._observe()
+            if observed is None:
+                return d.Tick()
             limit = d.deadline(self.promotion)
             if done(observed) or (limit is not None and self._clock() >= limit):
                 return d.Observation(observed)
             await asyncio.sleep(self._settings.poll_interval)
+
+    async def _observe(self) -> Observed | None:
+        """Observe the target, retrying transient failures with back-off until the phase's deadline (then ``None``)."""
+        delay = self._settings.poll_interval
+        while True:
+            try:
+                return await self._platform.observe(self.promotion.target)
+            except PlatformUnavailable as exc:
+                limit = d.deadline(self.promotion)
+                if limit is not None and self._clock() >= limit:
+                    return None
+                log.warning("%s: cannot observe, retrying in %.1fs: %s", self.promotion.target, delay, exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self._settings.retry_max)
 
     async def _platform_call(self, call: Callable[[], Awaitable[None]], *, bounded: bool = True) -> d.Event | None:
         """Run a platform call, retrying transient failures with back-off; a refusal becomes data.

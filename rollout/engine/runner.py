@@ -16,7 +16,7 @@ import time
 import uuid
 from collections.abc import Callable, Mapping
 
-from vouch.core.errors import ConflictError, InputError, NotFoundError
+from vouch.core.errors import ConflictError, InputError, NotFoundError, PlatformUnavailable
 from vouch.rollout.config import EnvironmentSpec, ServiceSpec
 from vouch.rollout.engine.decide import can_abort
 from vouch.rollout.engine.driver import Driver, DriverSettings, EngineHooks, GateFactory, NoHooks
@@ -232,7 +232,12 @@ class Engine:
         else:
             target = Target(release.service, environment)
             while True:
-                stable = (await self._platform.observe(target)).stable_version
+                try:
+                    stable = (await self._platform.observe(target)).stable_version
+                except PlatformUnavailable as exc:
+                    log.warning("release %s cannot see %s yet, retrying: %s", release.id, target, exc)
+                    await asyncio.sleep(min(2.0, self._settings.retry_max))
+                    continue
                 promotion = self._new_promotion(release, environment, stable, self._clock())
                 try:
                     await self._store.create_promotion(promotion)
