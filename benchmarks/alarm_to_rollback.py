@@ -25,13 +25,13 @@ import subprocess
 import sys
 import tempfile
 import time
-from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 
 from vouch.daemon.client import VouchClient
+from vouch.rollout.alarms import webhook_for
 
 PEER_MS = 60_000
 
@@ -66,31 +66,9 @@ def config(state: Path) -> dict[str, Any]:
     }
 
 
-def alert(status: str) -> dict[str, Any]:
+def alert(status: Literal["firing", "resolved"]) -> dict[str, Any]:
     labels = {"alertname": "BenchCanaryBroken", "service": "bench", "environment": "staging"}
-    now = datetime.now(UTC).isoformat().replace("+00:00", "Z")
-    return {
-        "version": "4",
-        "groupKey": '{}:{alertname="BenchCanaryBroken"}',
-        "truncatedAlerts": 0,
-        "status": status,
-        "receiver": "vouch",
-        "groupLabels": {"alertname": "BenchCanaryBroken"},
-        "commonLabels": labels,
-        "commonAnnotations": {},
-        "externalURL": "http://127.0.0.1:9093",
-        "alerts": [
-            {
-                "status": status,
-                "labels": labels,
-                "annotations": {"summary": "benchmark alarm"},
-                "startsAt": now,
-                "endsAt": now if status == "resolved" else "0001-01-01T00:00:00Z",
-                "generatorURL": "",
-                "fingerprint": "b3nch",
-            }
-        ],
-    }
+    return webhook_for(labels, status=status, annotations={"summary": "benchmark alarm"})
 
 
 def wait(predicate, *, timeout: float = 60.0, interval: float = 0.01):  # type: ignore[no-untyped-def]

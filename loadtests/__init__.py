@@ -1,1 +1,4 @@
-"""x."""
+"""Load, traffic-replay and scale tests (not built yet). Imports nothing of ``rollout`` or ``daemon``."""
+
+if __name__ != "vouch.loadtests":
+    raise ImportError(f"import this package as vouch.loadtests, not as {__name__!r}: one module, one name")

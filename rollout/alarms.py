@@ -130,6 +130,46 @@ def parse_webhook(data: object) -> AlertmanagerWebhook:
         raise InputError(f"not an Alertmanager webhook (version 4): {listed}") from exc
 
 
+def webhook_for(
+    labels: Mapping[str, str],
+    *,
+    status: Literal["firing", "resolved"] = "firing",
+    annotations: Mapping[str, str] | None = None,
+    receiver: str = "vouch",
+    external_url: str = "http://alertmanager:9093",
+) -> dict[str, Any]:
+    """One alert as Alertmanager's webhook (version 4) carries it: what :func:`parse_webhook` reads.
+
+    For sending an alarm by hand (``vouch demo``, the benchmarks) exactly as Alertmanager would.
+
+    >>> parse_webhook(webhook_for({"alertname": "Down", "service": "shop"})).alerts[0].status
+    'firing'
+    """
+    now = datetime.now(UTC).isoformat().replace("+00:00", "Z")
+    name = labels.get("alertname", "unnamed")
+    alert = {
+        "status": status,
+        "labels": dict(labels),
+        "annotations": dict(annotations or {}),
+        "startsAt": now,
+        "endsAt": now if status == "resolved" else "0001-01-01T00:00:00Z",
+        "generatorURL": "",
+        "fingerprint": fingerprint_of(labels),
+    }
+    return {
+        "version": "4",
+        "groupKey": json.dumps({"alertname": name}),
+        "truncatedAlerts": 0,
+        "status": status,
+        "receiver": receiver,
+        "groupLabels": {"alertname": name},
+        "commonLabels": dict(labels),
+        "commonAnnotations": dict(annotations or {}),
+        "externalURL": external_url,
+        "alerts": [alert],
+    }
+
+
 def _describe(error: ErrorDetails) -> str:
     """One problem as ``path: what was expected``, with the path written as in JSON."""
     path = _json_path(error["loc"])

@@ -20,9 +20,8 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import httpx
 import yaml
@@ -31,6 +30,7 @@ from rich.text import Text
 from vouch.core.errors import VouchError
 from vouch.daemon.client import VouchClient
 from vouch.daemon.render import render_event
+from vouch.rollout.alarms import webhook_for
 
 Narrate = Callable[[str | Text], None]
 
@@ -154,36 +154,15 @@ def _analysing(promotions: list[dict[str, Any]]) -> bool:
     return bool(promotions) and promotions[-1]["step_phase"] == "analysing"
 
 
-def _alert(promotion: dict[str, Any], *, status: str) -> dict[str, Any]:
-    """An Alertmanager webhook (version 4), shaped exactly as Alertmanager sends it."""
+def _alert(promotion: dict[str, Any], *, status: Literal["firing", "resolved"]) -> dict[str, Any]:
     labels = {
         "alertname": "CheckoutMemoryLeak",
         "service": promotion["service"],
         "environment": promotion["environment"],
         "severity": "critical",
     }
-    now = datetime.now(UTC).isoformat().replace("+00:00", "Z")
-    alert = {
-        "status": status,
-        "labels": labels,
-        "annotations": {"summary": "resident memory of the canary grew 40% in 2 minutes"},
-        "startsAt": now,
-        "endsAt": now if status == "resolved" else "0001-01-01T00:00:00Z",
-        "generatorURL": "http://prometheus.demo:9090/graph?g0.expr=process_resident_memory_bytes",
-        "fingerprint": "5d1c0c2f7a9e4b13",
-    }
-    return {
-        "version": "4",
-        "groupKey": '{}:{alertname="CheckoutMemoryLeak"}',
-        "truncatedAlerts": 0,
-        "status": status,
-        "receiver": "vouch",
-        "groupLabels": {"alertname": "CheckoutMemoryLeak"},
-        "commonLabels": labels,
-        "commonAnnotations": alert["annotations"],
-        "externalURL": "http://alertmanager.demo:9093",
-        "alerts": [alert],
-    }
+    summary = {"summary": "resident memory of the canary grew 40% in 2 minutes"}
+    return webhook_for(labels, status=status, annotations=summary)
 
 
 def _summary(p: dict[str, Any]) -> dict[str, Any]:

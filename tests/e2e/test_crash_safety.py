@@ -14,7 +14,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from support.daemon import Daemon, alive, demo_service_pids, local_config, wait_for
+from support.daemon import Daemon, demo_service_pids, is_alive, local_config, wait_for
 from support.traffic import steady_traffic
 
 pytestmark = pytest.mark.e2e
@@ -92,7 +92,7 @@ def test_a_killed_daemon_resumes_every_promotion_exactly_once(tmp_path, version,
         client.close()
         pids = demo_service_pids(state)
         daemon.stop()
-    assert not [pid for pid in pids if alive(pid)], "no replica outlives the daemon"
+    assert not [pid for pid in pids if is_alive(pid)], "no replica outlives the daemon"
     assert not demo_service_pids(state)
 
 

@@ -18,7 +18,6 @@ import asyncio
 import contextlib
 import os
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
@@ -32,6 +31,7 @@ import httpx
 import pytest
 import yaml
 from prometheus_client import CollectorRegistry, start_http_server
+from support.demo import free_port
 
 HOST = "127.0.0.1"
 STARTUP_TIMEOUT = 30.0
@@ -48,13 +48,6 @@ def require_binary(name: str) -> str:
     if path is None:
         pytest.skip(f"{name} not installed: run `make test` as root to install it from Debian's packages")
     return path
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago (callers retry if it is taken meanwhile)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((HOST, 0))
-        return int(sock.getsockname()[1])
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,6 @@ import copy
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -16,16 +15,11 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from support.demo import demo_command, free_port, is_alive
 
 from vouch.daemon.client import VouchClient
 
-DEMO_COMMAND = [sys.executable, "-m", "vouch.daemon.demo.service", "--port", "{port}", "--version", "{version}"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+__all__ = ["Daemon", "demo_service_pids", "free_port", "is_alive", "local_config", "running", "wait_for"]
 
 
 def local_config(
@@ -57,7 +51,7 @@ def local_config(
         "platform": {"kind": "local", "stop_grace": "2s"},
         "services": {
             "shop": {
-                "command": [*DEMO_COMMAND, "--faults-file", str(faults_file)],
+                "command": demo_command("--faults-file", str(faults_file)),
                 "replicas": replicas,
                 "readiness": {"path": "/healthz", "timeout": "20s", "interval": "50ms"},
                 "environments": [{"name": name, "port": free_port()} for name in environments],
@@ -161,15 +155,6 @@ def wait_for(predicate: Callable[[], Any], *, timeout: float = 60, interval: flo
     raise AssertionError(f"timed out after {timeout}s waiting for {what or predicate}")
 
 
-def alive(pid: int) -> bool:
-    """Whether ``pid`` is a live (not zombie) process."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except (FileNotFoundError, ProcessLookupError):
-        return False
-
-
 def demo_service_pids(state: Path) -> list[int]:
     """Every live demo-service process started for ``state`` (by its faults file in the argv)."""
     marker = str(state / "faults.json").encode()
@@ -181,6 +166,6 @@ def demo_service_pids(state: Path) -> list[int]:
             cmdline = (entry / "cmdline").read_bytes()
         except OSError:
             continue
-        if b"vouch.daemon.demo.service" in cmdline and marker in cmdline and alive(int(entry.name)):
+        if b"vouch.daemon.demo.service" in cmdline and marker in cmdline and is_alive(int(entry.name)):
             pids.append(int(entry.name))
     return pids
