@@ -36,12 +36,12 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, PrivateAttr, StringConstraints, field_validator
 
 from vouch.core.errors import ConfigError, NotFoundError, Problem
+from vouch.core.settings import Model
 from vouch.rollout.config import (
     NAME_PATTERN,
     BuiltinProviderSpec,
     EnvironmentSpec,
     LocalPlatformSpec,
-    Model,
     PlatformSpec,
     ProviderSpec,
     ServiceSpec,
