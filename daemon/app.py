@@ -16,13 +16,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from aiohttp import web
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, disable_created_metrics
 
 from vouch.daemon.api import build_app
 from vouch.daemon.auth import TokenSource, resolve_token
 from vouch.daemon.config import VouchConfig
 from vouch.daemon.controller import DaemonController
 from vouch.daemon.metrics import DaemonMetrics
+from vouch.daemon.probewatch import ProbeWatch
+from vouch.daemon.probing import Probing
 from vouch.daemon.store.sqlite import SqliteStore
 from vouch.rollout.alarms import AlertBook
 from vouch.rollout.engine.driver import DriverSettings
@@ -69,7 +71,7 @@ class _Hooks:
 
 
 def _gate_factory(
-    config: VouchConfig, providers: dict[str, MetricProvider], alerts: AlertBook
+    config: VouchConfig, providers: dict[str, MetricProvider], alerts: AlertBook, probing: Probing
 ) -> Callable[[Promotion], Sequence[Gate]]:
     def gates_for(promotion: Promotion) -> Sequence[Gate]:
         return build_gates(
@@ -78,6 +80,7 @@ def _gate_factory(
             providers=providers,
             alerts=alerts,
             alarms=config.environments[promotion.environment].alarms,
+            probes=probing.gate_probes(promotion.service) if "probes" in promotion.gates else (),
         )
 
     return gates_for
@@ -93,12 +96,14 @@ async def serve(
     state = config.state_path()
     state.mkdir(parents=True, exist_ok=True)
     token = resolve_token(token_env=config.daemon.token_env, token_file=config.token_path())
+    disable_created_metrics()  # type: ignore[no-untyped-call]  # a _created series per counter doubles /metrics for thousands of probes
     registry = CollectorRegistry()
     traffic = TrafficRecorder(registry)
     store = await SqliteStore.open(state / "vouch.db")
     platform = LocalPlatform(config.platform, config.services, state_dir=state, traffic=traffic, registry=registry)
     providers = build_providers(config.metric_providers, traffic=traffic)
     alerts = AlertBook()
+    probing = Probing(config, platform, registry)
     metrics = DaemonMetrics(registry)
     metrics.reset(await store.list_promotions(active=True, limit=100_000))
     engine = Engine(
@@ -106,7 +111,7 @@ async def serve(
         platform=platform,
         services=config.services,
         environments=config.environments,
-        gates=_gate_factory(config, providers, alerts),
+        gates=_gate_factory(config, providers, alerts, probing),
         hooks=_Hooks(metrics),
         settings=settings,
     )
@@ -123,6 +128,9 @@ async def serve(
         await site.start()
         async with asyncio.TaskGroup() as group:
             group.create_task(engine.run(), name="engine")
+            group.create_task(probing.run(), name="probing")
+            if config.probe_watch is not None:
+                group.create_task(_watch(config, providers, probing, registry).run(), name="probe-watch")
             await engine.started.wait()
             url = f"http://{host}:{port}"
             log.info("listening on %s; state in %s", url, state)
@@ -130,6 +138,20 @@ async def serve(
                 on_ready(DaemonInfo(url=url, token=token, state_dir=state))
     finally:
         await asyncio.shield(_shutdown(runner, platform, providers, store))
+
+
+def _watch(
+    config: VouchConfig, providers: dict[str, MetricProvider], probing: Probing, registry: CollectorRegistry
+) -> ProbeWatch:
+    spec = config.probe_watch
+    assert spec is not None
+    return ProbeWatch(
+        providers[spec.provider],
+        lambda: probing.scheduled,
+        registry,
+        interval=spec.interval,
+        stale_after=spec.stale_after,
+    )
 
 
 async def _shutdown(

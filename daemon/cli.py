@@ -27,6 +27,7 @@ from vouch.daemon.auth import read_client_token
 from vouch.daemon.client import VouchClient
 from vouch.daemon.config import VouchConfig, load_config
 from vouch.daemon.configcmd import config_app
+from vouch.daemon.probecmd import probe_app
 from vouch.daemon.render import print_status, render_event, status_rows, status_table
 
 app = typer.Typer(
@@ -43,6 +44,7 @@ app = typer.Typer(
     rich_markup_mode="markdown",
 )
 app.add_typer(config_app, name="config")
+app.add_typer(probe_app, name="probe")
 
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 out = Console(highlight=False, soft_wrap=True)

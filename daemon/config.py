@@ -35,8 +35,10 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field, PrivateAttr, StringConstraints, field_validator
 
+from vouch.core.durations import Duration
 from vouch.core.errors import ConfigError, NotFoundError, Problem
 from vouch.core.settings import Model
+from vouch.probes.registry import ProbeDefinition
 from vouch.rollout.config import (
     NAME_PATTERN,
     BuiltinProviderSpec,
@@ -122,6 +124,17 @@ class DaemonSpec(Model):
         return value
 
 
+class ProbeWatchSpec(Model):
+    """Meta-monitoring: check in Prometheus that every probe's series are fresh and report success."""
+
+    provider: str
+    """A ``prometheus`` provider (under ``metric_providers``) that scrapes this daemon's ``/metrics``."""
+    interval: Duration = 60.0
+    """Time between checks."""
+    stale_after: Duration | None = None
+    """A probe's series older than this count as stale; default: twice its interval plus a minute."""
+
+
 def _default_providers() -> dict[str, ProviderSpec]:
     return {"builtin": BuiltinProviderSpec()}
 
@@ -144,6 +157,22 @@ class VouchConfig(Model):
     """The services vouch rolls out, by name (lowercase letters, digits and ``-``)."""
     environments: dict[Name, EnvironmentSpec] = Field(min_length=1)
     """The stages services move through, by name, each with its plan, gates and limits."""
+    probes: list[ProbeDefinition] = Field(default_factory=list)
+    """Synthetic probes of fixed targets (a public URL, a database port), on their own schedules; label
+    them with ``service`` and ``environment``. Probes aimed at a service's replicas go under the service."""
+    probe_watch: ProbeWatchSpec | None = None
+    """Check in Prometheus that every probe's series are fresh (meta-monitoring)."""
+
+    @field_validator("probes")
+    @classmethod
+    def _fixed_targets(cls, value: list[ProbeDefinition]) -> list[ProbeDefinition]:
+        names = [p.name for p in value]
+        if len(set(names)) != len(names):
+            raise ValueError(f"probe names must be unique: {names}")
+        for probe in value:
+            if any("{address}" in target for target in probe.targets):
+                raise ValueError(f"probe {probe.name!r}: '{{address}}' is for probes under a service")
+        return value
 
     _source: Path | None = PrivateAttr(default=None)
 

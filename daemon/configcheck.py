@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 
 from pydantic import TypeAdapter, ValidationError
 
-from vouch.daemon.config import DaemonSpec, Loc, VouchConfig, dotted, quoted, split_host_port
+from vouch.daemon.config import DaemonSpec, Loc, ProbeWatchSpec, VouchConfig, dotted, quoted, split_host_port
 from vouch.rollout.config import (
     BuiltinProviderSpec,
     EnvironmentSpec,
@@ -48,6 +48,7 @@ class _ServiceView:
     slos: tuple[tuple[int, SloSpec], ...]
     has_command: bool
     has_slos: bool
+    has_probes: bool = False
 
     @classmethod
     def of(cls, spec: ServiceSpec) -> _ServiceView:
@@ -56,6 +57,7 @@ class _ServiceView:
             slos=tuple(enumerate(spec.slos)),
             has_command=spec.command is not None,
             has_slos=bool(spec.slos),
+            has_probes=bool(spec.probes),
         )
 
     @classmethod
@@ -71,6 +73,7 @@ class _ServiceView:
             slos=_valid_items(SloSpec.model_validate, slos),
             has_command=raw.get("command") is not None,
             has_slos=bool(slos),
+            has_probes=bool(raw.get("probes")),
         )
 
 
@@ -102,6 +105,7 @@ class Parts:
     providers: Mapping[str, ProviderSpec | None] | None
     services: Mapping[str, _ServiceView]
     environments: Mapping[str, _EnvironmentView] | None
+    probe_watch: ProbeWatchSpec | None = None
 
     @classmethod
     def of(cls, config: VouchConfig) -> Parts:
@@ -111,6 +115,7 @@ class Parts:
             providers=dict(config.metric_providers),
             services={name: _ServiceView.of(spec) for name, spec in config.services.items()},
             environments={name: _EnvironmentView.of(spec) for name, spec in config.environments.items()},
+            probe_watch=config.probe_watch,
         )
 
 
@@ -162,6 +167,7 @@ def parts_of_raw(data: dict[str, Any]) -> Parts:
         providers=providers,
         services=services,
         environments=environments,
+        probe_watch=_valid(ProbeWatchSpec.model_validate, data["probe_watch"]) if data.get("probe_watch") else None,
     )
 
 
@@ -173,6 +179,22 @@ def references(parts: Parts) -> Iterator[tuple[Loc, str]]:
     yield from _check_gates(parts)
     yield from _check_platform(parts)
     yield from _check_ports(parts)
+    yield from _check_probe_watch(parts)
+
+
+def _check_probe_watch(parts: Parts) -> Iterator[tuple[Loc, str]]:
+    """Meta-monitoring asks Prometheus: its provider must be one."""
+    if parts.probe_watch is None or parts.providers is None:
+        return
+    name = parts.probe_watch.provider
+    provider = parts.providers.get(name)
+    if provider is None:
+        yield ("probe_watch", "provider"), f"unknown provider {name!r}; defined: {quoted(parts.providers)}"
+    elif provider.kind != "prometheus":
+        yield (
+            ("probe_watch", "provider"),
+            f"provider {name!r} is of kind {provider.kind!r}; probe_watch needs a prometheus one",
+        )
 
 
 def _check_chains(parts: Parts) -> Iterator[tuple[Loc, str]]:
@@ -211,15 +233,16 @@ def _check_slos(parts: Parts) -> Iterator[tuple[Loc, str]]:
 
 
 def _check_slo_gates(parts: Parts) -> Iterator[tuple[Loc, str]]:
-    """A service promoted where the ``slo`` gate runs must give it something to judge."""
+    """A service promoted where the ``slo`` or ``probes`` gate runs must give it something to judge."""
     for name, spec in parts.services.items():
-        if spec.has_slos:
-            continue
-        for stage in spec.chain:
-            env = (parts.environments or {}).get(stage.name or "")
-            if env is not None and any(gate == "slo" for _, gate in env.gates):
-                message = f"environment {stage.name!r} gates on 'slo' but service {name!r} defines no slos"
-                yield ("services", name, "slos"), message
+        for gate, has, field in (("slo", spec.has_slos, "slos"), ("probes", spec.has_probes, "probes")):
+            if has:
+                continue
+            for stage in spec.chain:
+                env = (parts.environments or {}).get(stage.name or "")
+                if env is not None and any(g == gate for _, g in env.gates):
+                    message = f"environment {stage.name!r} gates on {gate!r} but service {name!r} defines no {field}"
+                    yield ("services", name, field), message
 
 
 def _check_gates(parts: Parts) -> Iterator[tuple[Loc, str]]:

@@ -13,7 +13,7 @@ import difflib
 import types
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from typing import Annotated, Union, get_args, get_origin
+from typing import Annotated, TypeVar, Union, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, ValidationError
@@ -23,6 +23,8 @@ from vouch.core.errors import ConfigError, Problem
 from vouch.daemon.config import Loc, VouchConfig, dotted, quoted
 from vouch.daemon.configcheck import Parts, parts_of_raw, references
 from vouch.rollout.config import NAME_PATTERN
+
+_M = TypeVar("_M", bound=BaseModel)
 
 
 def validate_text(text: str, *, file: str) -> VouchConfig:
@@ -54,6 +56,29 @@ def validate_text(text: str, *, file: str) -> VouchConfig:
     if problems or config is None:
         raise ConfigError(sorted(problems, key=lambda p: (p.line or 0, p.path)))
     return config
+
+
+def validate_model_text(text: str, model: type[_M], *, file: str, what: str) -> _M:
+    """Read ``text`` as YAML and validate it as ``model``; every problem names its line and field.
+
+    For files other than the daemon's configuration (``vouch probe run``'s probe files, for one);
+    ``what`` says what the file should hold, for an empty or non-mapping file.
+    """
+    read = _read_yaml(text, file)
+    problems = list(read.problems)
+    if read.broken:
+        raise ConfigError(problems)
+    if not isinstance(read.data, dict):
+        problems.append(Problem(file, read.lines.get((), 1), "", f"expected a mapping with {what}"))
+        raise ConfigError(problems)
+    try:
+        result = model.model_validate(read.data)
+    except ValidationError as exc:
+        problems.extend(_pydantic_problems(exc, read.data, file=file, lines=read.lines, root=model))
+        raise ConfigError(sorted(problems, key=lambda p: (p.line or 0, p.path))) from None
+    if problems:
+        raise ConfigError(problems)
+    return result
 
 
 # --------------------------------------------------------------------------- YAML with lines
@@ -177,10 +202,12 @@ def _line_of(loc: Loc, lines: Mapping[Loc, int]) -> int | None:
 # --------------------------------------------------------------------------- pydantic errors
 
 
-def _pydantic_problems(exc: ValidationError, data: object, *, file: str, lines: Mapping[Loc, int]) -> Iterator[Problem]:
+def _pydantic_problems(
+    exc: ValidationError, data: object, *, file: str, lines: Mapping[Loc, int], root: type[BaseModel] = VouchConfig
+) -> Iterator[Problem]:
     for err in exc.errors(include_url=False):
         loc = _follow(err["loc"], data)
-        yield Problem(file, _line_of(loc, lines), dotted(loc), _message(err))
+        yield Problem(file, _line_of(loc, lines), dotted(loc), _message(err, root))
 
 
 def _follow(raw: tuple[str | int, ...], data: object) -> Loc:
@@ -205,12 +232,12 @@ def _follow(raw: tuple[str | int, ...], data: object) -> Loc:
     return tuple(out)
 
 
-def _message(err: ErrorDetails) -> str:
+def _message(err: ErrorDetails, root: type[BaseModel] = VouchConfig) -> str:
     """A plain sentence for one pydantic error."""
     kind, ctx, value = err["type"], err.get("ctx") or {}, err["input"]
     got = _describe(value)
     if kind == "extra_forbidden":
-        return _unknown_field(str(err["loc"][-1]), _fields_at(err["loc"][:-1]))
+        return _unknown_field(str(err["loc"][-1]), _fields_at(err["loc"][:-1], root))
     if kind == "missing":
         return f"missing required field {err['loc'][-1]!r}"
     if kind in ("value_error", "assertion_error") and "error" in ctx:
@@ -218,7 +245,7 @@ def _message(err: ErrorDetails) -> str:
     if kind == "union_tag_invalid":
         return f"unknown kind {ctx.get('tag')!r}; known kinds: {ctx.get('expected_tags')}"
     if kind == "union_tag_not_found":
-        kinds = _kinds_at(err["loc"])
+        kinds = _kinds_at(err["loc"], root)
         return "missing field 'kind'" + (f" (one of {quoted(kinds)})" if kinds else "")
     if kind == "literal_error":
         return f"expected {ctx.get('expected')}, got {got}"
@@ -300,9 +327,9 @@ def _unknown_field(name: str, fields: list[str]) -> str:
     return f"unknown field {name!r}"
 
 
-def _type_at(raw: tuple[str | int, ...]) -> object:
+def _type_at(raw: tuple[str | int, ...], root: type[BaseModel]) -> object:
     """The declared type at pydantic's location ``raw`` (tags included), or ``None`` if unclear."""
-    tp: object = VouchConfig
+    tp: object = root
     for part in raw:
         tp = _unwrap(tp)
         if isinstance(tp, type) and issubclass(tp, BaseModel):
@@ -343,15 +370,15 @@ def _kinds_of(tp: object) -> list[str]:
     return []
 
 
-def _kinds_at(raw: tuple[str | int, ...]) -> list[str]:
-    tp = _type_at(raw)
+def _kinds_at(raw: tuple[str | int, ...], root: type[BaseModel]) -> list[str]:
+    tp = _type_at(raw, root)
     if get_origin(tp) in (Union, types.UnionType):
         return [kind for arm in get_args(tp) for kind in _kinds_of(arm)]
     return _kinds_of(tp)
 
 
-def _fields_at(raw: tuple[str | int, ...]) -> list[str]:
-    tp = _type_at(raw)
+def _fields_at(raw: tuple[str | int, ...], root: type[BaseModel]) -> list[str]:
+    tp = _type_at(raw, root)
     if isinstance(tp, type) and issubclass(tp, BaseModel):
         return list(tp.model_fields)
     return []

@@ -17,6 +17,7 @@ from pydantic_core import CoreSchema
 
 from vouch.core.durations import Duration
 from vouch.core.settings import Model
+from vouch.probes.registry import ProbeDefinition
 
 NAME_PATTERN = r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"
 """Service and environment names: DNS labels, so they fit Kubernetes and metric labels alike."""
@@ -257,6 +258,22 @@ class ServiceSpec(Model):
     """The chain a release walks, in order, e.g. staging then production."""
     slos: list[SloSpec] = Field(default_factory=list)
     """Objectives the ``slo`` gate checks at every analysis run."""
+    probes: list[ProbeDefinition] = Field(default_factory=list)
+    """Synthetic probes of this service. Their targets name ``{address}``: on schedule, the service's
+    address in each environment of its chain; in the ``probes`` gate, each canary and stable replica."""
+
+    @field_validator("probes")
+    @classmethod
+    def _aimed(cls, value: list[ProbeDefinition]) -> list[ProbeDefinition]:
+        names = [p.name for p in value]
+        if len(set(names)) != len(names):
+            raise ValueError(f"probe names must be unique within a service: {names}")
+        for probe in value:
+            if not all("{address}" in target for target in probe.targets):
+                raise ValueError(
+                    f"probe {probe.name!r}: every target names '{{address}}', e.g. http://{{address}}/healthz"
+                )
+        return value
 
     @field_validator("command")
     @classmethod

@@ -9,10 +9,11 @@ from vouch.rollout.alarms import AlertBook
 from vouch.rollout.config import AlarmSpec, SloSpec
 from vouch.rollout.gates.alarms import AlarmGate
 from vouch.rollout.gates.base import Gate
+from vouch.rollout.gates.probes import AimedProbe, ProbeGate
 from vouch.rollout.gates.slo import SloGate
 from vouch.rollout.metrics.base import MetricProvider
 
-GATE_KINDS: tuple[str, ...] = ("slo", "alarms")
+GATE_KINDS: tuple[str, ...] = ("slo", "alarms", "probes")
 """Gate kinds an environment may list under ``gates``."""
 
 
@@ -23,6 +24,7 @@ def build_gates(
     providers: Mapping[str, MetricProvider],
     alerts: AlertBook,
     alarms: AlarmSpec,
+    probes: Sequence[AimedProbe] = (),
 ) -> list[Gate]:
     """The gates named by ``kinds``, in order. An unknown kind is an error naming the known ones."""
     gates: list[Gate] = []
@@ -31,6 +33,8 @@ def build_gates(
             gates.append(SloGate(slos, providers))
         elif kind == "alarms":
             gates.append(AlarmGate(alerts, alarms))
+        elif kind == "probes":
+            gates.append(ProbeGate(probes))
         else:
             message = f"unknown gate kind {kind!r}; known kinds: {', '.join(GATE_KINDS)}"
             raise ConfigError([Problem(file="<config>", line=None, path="gates", message=message)])

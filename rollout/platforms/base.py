@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from typing import Protocol, runtime_checkable
 
-from vouch.rollout.model import Observed, Target
+from vouch.rollout.model import Endpoint, Observed, Target
 
 
 @runtime_checkable
@@ -32,6 +32,9 @@ class Platform(Protocol):
 
     async def stop(self) -> None:
         """Stop what the platform owns; after this no process or connection of it is left."""
+
+    async def address(self, target: Target) -> Endpoint:
+        """Where clients reach the target's service (stable and canary together), e.g. for probes."""
 
     async def observe(self, target: Target) -> Observed:
         """Report the target's versions, desired and ready replicas and ready endpoints."""

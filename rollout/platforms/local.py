@@ -354,6 +354,10 @@ class LocalPlatform:
         """Where the target's router listens."""
         return self._run(target).router.endpoint
 
+    async def address(self, target: Target) -> Endpoint:
+        """The router: clients of the service reach stable and canary through it."""
+        return self.router_endpoint(target)
+
     def replica_pids(self, target: Target) -> dict[str, list[int]]:
         """Pids of the target's running children by track: ``stable``, ``canary`` and ``retiring``."""
         run = self._run(target)

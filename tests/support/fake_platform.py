@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from vouch.core.errors import PlatformError
-from vouch.rollout.model import Observed, Target
+from vouch.rollout.model import Endpoint, Observed, Target
 
 
 @dataclass(frozen=True)
@@ -118,6 +118,9 @@ class FakePlatform:
 
     async def stop(self) -> None:
         pass
+
+    async def address(self, target: Target) -> Endpoint:
+        return Endpoint("127.0.0.1", 8000 + sum(map(ord, str(target))) % 1000)
 
     async def observe(self, target: Target) -> Observed:
         s = await self._enter(PlatformCall("observe", target))
