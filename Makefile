@@ -45,6 +45,8 @@ lint: $(DEV) typecheck-tree
 ## bench: the performance measurements, each against a named peer
 bench: $(DEV) system-deps
 	$(PY) benchmarks/alarm_to_rollback.py
+	$(PY) benchmarks/probe_cpu.py
+	$(PY) benchmarks/probe_scale.py
 
 clean:
 	rm -rf build .pytest_cache .mypy_cache .ruff_cache

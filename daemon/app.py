@@ -22,10 +22,12 @@ from vouch.daemon.api import build_app
 from vouch.daemon.auth import TokenSource, resolve_token
 from vouch.daemon.config import VouchConfig
 from vouch.daemon.controller import DaemonController
+from vouch.daemon.events import EventSink
 from vouch.daemon.metrics import DaemonMetrics
-from vouch.daemon.probewatch import ProbeWatch
+from vouch.daemon.probewatch import Freshness, ProbeWatch
 from vouch.daemon.probing import Probing
 from vouch.daemon.store.sqlite import SqliteStore
+from vouch.probes.scheduler import ProbeRun
 from vouch.rollout.alarms import AlertBook
 from vouch.rollout.engine.driver import DriverSettings
 from vouch.rollout.engine.runner import Engine
@@ -103,7 +105,8 @@ async def serve(
     platform = LocalPlatform(config.platform, config.services, state_dir=state, traffic=traffic, registry=registry)
     providers = build_providers(config.metric_providers, traffic=traffic)
     alerts = AlertBook()
-    probing = Probing(config, platform, registry)
+    events = EventSink(store)
+    probing = Probing(config, platform, registry, on_change=lambda run: _probe_changed(events, run))
     metrics = DaemonMetrics(registry)
     metrics.reset(await store.list_promotions(active=True, limit=100_000))
     engine = Engine(
@@ -128,9 +131,11 @@ async def serve(
         await site.start()
         async with asyncio.TaskGroup() as group:
             group.create_task(engine.run(), name="engine")
+            group.create_task(events.run(), name="events")
             group.create_task(probing.run(), name="probing")
             if config.probe_watch is not None:
-                group.create_task(_watch(config, providers, probing, registry).run(), name="probe-watch")
+                watch = _watch(config, providers, probing, registry, events)
+                group.create_task(watch.run(), name="probe-watch")
             await engine.started.wait()
             url = f"http://{host}:{port}"
             log.info("listening on %s; state in %s", url, state)
@@ -140,17 +145,39 @@ async def serve(
         await asyncio.shield(_shutdown(runner, platform, providers, store))
 
 
+def _probe_changed(events: EventSink, run: ProbeRun) -> None:
+    result = run.result
+    data = {"probe": result.probe, "target": result.target, **run.labels}
+    if run.state.failing:
+        reason = result.reason.value if result.reason else "failed"
+        events.emit(
+            "probe.failing", f"probe {result.probe} is failing on {result.target}: {reason}: {result.message}", data
+        )
+    else:
+        events.emit("probe.recovered", f"probe {result.probe} recovered on {result.target}", data)
+
+
 def _watch(
-    config: VouchConfig, providers: dict[str, MetricProvider], probing: Probing, registry: CollectorRegistry
+    config: VouchConfig,
+    providers: dict[str, MetricProvider],
+    probing: Probing,
+    registry: CollectorRegistry,
+    events: EventSink,
 ) -> ProbeWatch:
     spec = config.probe_watch
     assert spec is not None
+
+    def changed(item: Freshness) -> None:
+        data = {"probe": item.probe, "target": item.target, "age": item.age}
+        events.emit(f"probe.{item.state}", f"probe {item.probe} on {item.target} is {item.state} in Prometheus", data)
+
     return ProbeWatch(
         providers[spec.provider],
         lambda: probing.scheduled,
         registry,
         interval=spec.interval,
         stale_after=spec.stale_after,
+        on_change=changed,
     )
 
 

@@ -19,6 +19,17 @@ def daemon(tmp_path_factory: pytest.TempPathFactory):
     config = local_config(state, replicas=2, steps=[1, "100%"], interval="1s", gates=["probes"])
     config["services"]["shop"]["probes"] = PROBES
     config["services"]["shop"]["slos"] = []
+    config["probes"] = [
+        {
+            "name": "closed-port",
+            "kind": "tcp",
+            "targets": ["127.0.0.1:9"],
+            "interval": "10s",
+            "timeout": "1s",
+            "failing": {"consecutive": 1},
+            "labels": {"service": "legacy", "environment": "staging"},
+        }
+    ]
     (state / "faults.json").write_text('{"v3": {"error_ratio": 1.0}}')
     daemon = Daemon(config, state)
     client = daemon.start()
@@ -69,3 +80,15 @@ def test_the_probes_gate_rolls_back_a_canary_that_fails_them(daemon):
     assert promotion["rollback_cause"] == "gate:probes"
     assert "http_status" in promotion["abort"]["reason"]
     assert "/ping" in promotion["abort"]["reason"]
+
+
+def test_a_fixed_probe_that_starts_failing_is_an_event(daemon):
+    _, client = daemon
+
+    def failing_event():
+        events = client.events(limit=500)["events"]
+        return next((e for e in events if e["kind"] == "probe.failing"), None)
+
+    event = wait_for(failing_event, timeout=30, interval=0.5, what="a probe.failing event")
+    assert event["data"]["probe"] == "closed-port"
+    assert "connect_refused" in event["message"]
