@@ -34,7 +34,7 @@ from prometheus_client import CollectorRegistry
 from vouch.probes.http import HttpProbe, HttpProbeSpec
 from vouch.probes.metrics import ProbeMetrics
 from vouch.probes.scheduler import ProbeRun, Scheduler
-from vouch.probes.wire import TlsContexts
+from vouch.probes.tlsinfo import TlsContexts
 
 INTERVAL = 60.0
 TARGET_P99_MS = 1000.0

@@ -19,7 +19,7 @@ from vouch.core.errors import ConfigError, Problem, VouchError
 from vouch.daemon.configload import validate_model_text
 from vouch.probes.base import ProbeResult
 from vouch.probes.registry import ProbeDefinition, ProbeFile, build_probe
-from vouch.probes.wire import TlsContexts
+from vouch.probes.tlsinfo import TlsContexts
 
 probe_app = typer.Typer(
     help="Run synthetic probes, convert blackbox_exporter modules, write Prometheus alerting rules.",

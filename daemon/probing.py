@@ -21,7 +21,7 @@ from vouch.probes.base import Probe
 from vouch.probes.metrics import ProbeMetrics
 from vouch.probes.registry import ProbeDefinition, build_probe
 from vouch.probes.scheduler import ProbeRun, Scheduler
-from vouch.probes.wire import TlsContexts
+from vouch.probes.tlsinfo import TlsContexts
 from vouch.rollout.gates.probes import AimedProbe, aim
 from vouch.rollout.model import Target
 from vouch.rollout.platforms.base import Platform

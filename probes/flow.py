@@ -19,6 +19,10 @@ appear in a result, a message or a log line; a secret header value or body is
 sent verbatim, without ``${...}`` substitution. Extracted values are not
 secret, but no answer body is ever logged.
 
+The templates and the extractors (``JsonExtract``, ``RegexExtract``,
+``HeaderExtract``) are in :mod:`vouch.probes.flowparts`; this module holds the
+settings and the run.
+
 Example::
 
     spec = FlowProbeSpec(
@@ -50,242 +54,32 @@ Example::
 
 from __future__ import annotations
 
-import json
 import logging
-import re
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Annotated, Any, Literal
-from urllib.parse import quote, urlsplit
+from typing import Any, Literal
+from urllib.parse import quote
 
-import jsonpath
-from pydantic import Discriminator, Field, PrivateAttr, Tag, field_validator, model_validator
+from pydantic import Field, PrivateAttr, field_validator, model_validator
 
 from vouch.core.durations import Duration
 from vouch.core.errors import ConfigError
 from vouch.core.settings import Model
 from vouch.probes.assertions import ResponseAssertions, StatusCode, check_latency, check_status, parse_status_codes
+from vouch.probes.attempts import Attempted, Timings, attempt_within
 from vouch.probes.base import ProbeFailure, ProbeResult, Reason
+from vouch.probes.flowparts import Extractor, Missing, StepTemplates, Template, VariableName, is_absolute, join_url
 from vouch.probes.http import url_problem
 from vouch.probes.settings import ProbeSpec, Secret, TlsClientSpec
-from vouch.probes.wire import (
-    DEFAULT_MAX_BODY,
-    Attempted,
-    IpProtocol,
-    Timings,
-    TlsContexts,
-    WireAnswer,
-    WireRequest,
-    attempt_within,
-    exchange,
-)
+from vouch.probes.tlsinfo import TlsContexts
+from vouch.probes.wire import DEFAULT_MAX_BODY, IpProtocol, WireAnswer, WireRequest, exchange
 
 logger = logging.getLogger(__name__)
 
 _MASK = "***"
-_QUOTE = 80
-_NAME = r"[A-Za-z_][A-Za-z0-9_]{0,63}"
-_NAME_RE = re.compile(_NAME)
-_MARK = re.compile(r"\$?\$\{")
-_ABSOLUTE = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 _URL_SAFE = ":/?#[]@!$&'()*+,;=%~"
 """Characters left as they are in a step's URL; anything else (spaces, non-ASCII) is percent-encoded."""
-_JSONPATH = jsonpath.JSONPathEnvironment(strict=True)
-
-VariableName = Annotated[str, Field(pattern=rf"^{_NAME}$")]
-"""A variable's name: letters, digits and ``_``, not starting with a digit."""
-
-
-# --------------------------------------------------------------------------- templates
-
-
-@dataclass(frozen=True)
-class Template:
-    """A text with ``${name}`` placeholders, parsed once; ``$${`` stands for a literal ``${``.
-
-    >>> t = Template.parse("Bearer ${token}")
-    >>> t.names, t.render({"token": "abc"}.__getitem__)
-    (frozenset({'token'}), 'Bearer abc')
-    """
-
-    pieces: tuple[tuple[str, str], ...]
-    """Pairs of (literal text, variable name), in order."""
-    tail: str
-    """Literal text after the last placeholder."""
-
-    @classmethod
-    def parse(cls, text: str) -> Template:
-        """``text`` parsed; ``ValueError`` for an unclosed ``${`` or a placeholder that is not a variable name."""
-        pieces: list[tuple[str, str]] = []
-        literal: list[str] = []
-        pos = 0
-        while (mark := _MARK.search(text, pos)) is not None:
-            literal.append(text[pos : mark.start()])
-            if mark.group() == "$${":
-                literal.append("${")
-                pos = mark.end()
-                continue
-            end = text.find("}", mark.end())
-            if end < 0:
-                raise ValueError(f"unclosed '${{' at character {mark.start() + 1} (write '$${{' for a literal '${{')")
-            name = text[mark.end() : end]
-            if not _NAME_RE.fullmatch(name):
-                raise ValueError(
-                    f"'${{{_quote(name)}}}' is not a variable reference (names are letters, digits and _, "
-                    "not starting with a digit; write '$${' for a literal '${')"
-                )
-            pieces.append(("".join(literal), name))
-            literal = []
-            pos = end + 1
-        literal.append(text[pos:])
-        return cls(tuple(pieces), "".join(literal))
-
-    @property
-    def names(self) -> frozenset[str]:
-        """The variables the text uses."""
-        return frozenset(name for _, name in self.pieces)
-
-    def render(self, value: Callable[[str], str]) -> str:
-        """The text with each placeholder replaced by ``value(name)``."""
-        if not self.pieces:
-            return self.tail
-        return "".join(literal + value(name) for literal, name in self.pieces) + self.tail
-
-
-def join_url(base: str, url: str) -> str:
-    """``url`` as is when absolute, else appended to the path of ``base`` (whose query is dropped).
-
-    >>> join_url("http://shop.example/api", "/items/7?full=1")
-    'http://shop.example/api/items/7?full=1'
-    >>> join_url("http://shop.example/api/", "https://auth.example/token")
-    'https://auth.example/token'
-    """
-    if _ABSOLUTE.match(url):
-        return url
-    parts = urlsplit(base)
-    if not url or url.startswith("?"):
-        path = (parts.path or "/") + url
-    else:
-        path = f"{parts.path.rstrip('/')}/{url.lstrip('/')}"
-    return f"{parts.scheme}://{parts.netloc}{path}"
-
-
-# --------------------------------------------------------------------------- extractors
-
-
-@dataclass(frozen=True)
-class Missing:
-    """Why an extractor found no value in an answer."""
-
-    why: str
-
-
-class JsonExtract(Model):
-    """The first value a JSONPath (RFC 9535) selects in the JSON body; numbers and booleans as their JSON text."""
-
-    json_: str = Field(alias="json", min_length=1)
-    """JSONPath query, e.g. ``$.token`` or ``$.items[?@.sku == 'A-1'].id``."""
-
-    _query: jsonpath.JSONPath | jsonpath.CompoundJSONPath = PrivateAttr()
-
-    @model_validator(mode="after")
-    def _compiles(self) -> JsonExtract:
-        try:
-            self._query = _JSONPATH.compile(self.json_)
-        except jsonpath.JSONPathError as exc:
-            raise ValueError(f"not a valid JSONPath: {exc}") from exc
-        return self
-
-    def extract(self, answer: WireAnswer) -> str | Missing:
-        try:
-            document = answer.json()
-        except ValueError:
-            kind = answer.header("content-type")
-            return Missing(f"the body is not JSON ({f'content-type {_quote(kind)}' if kind else 'no content-type'})")
-        try:
-            match = self._query.match(document)
-        except jsonpath.JSONPathError as exc:
-            return Missing(f"{self.json_} cannot be evaluated on this body: {exc}")
-        if match is None:
-            return Missing(f"{self.json_} selects nothing")
-        value = match.obj
-        if isinstance(value, str):
-            return value
-        if value is None:
-            return Missing(f"{self.json_} selects null")
-        if isinstance(value, bool | int | float):
-            return json.dumps(value)
-        return Missing(f"{self.json_} selects {'an array' if isinstance(value, list) else 'an object'}, not a value")
-
-
-class RegexExtract(Model):
-    """A group of the first match of a regular expression in the body (as text)."""
-
-    regex: re.Pattern[str]
-    """Regular expression searched in the body."""
-    group: int | str = 1
-    """The group whose text is the value: a number (0 is the whole match) or a group's name."""
-
-    @model_validator(mode="after")
-    def _group_exists(self) -> RegexExtract:
-        group = self.group
-        if isinstance(group, int) and not 0 <= group <= self.regex.groups:
-            raise ValueError(f"/{self.regex.pattern}/ has no group {group} (use 0 for the whole match)")
-        if isinstance(group, str) and group not in self.regex.groupindex:
-            raise ValueError(f"/{self.regex.pattern}/ has no group named {group!r}")
-        return self
-
-    def extract(self, answer: WireAnswer) -> str | Missing:
-        found = self.regex.search(answer.text())
-        if found is None:
-            cut = " (the body was cut at its size limit)" if answer.truncated else ""
-            return Missing(f"the body does not match /{self.regex.pattern}/{cut}")
-        value = found.group(self.group)
-        if value is None:
-            return Missing(f"group {self.group} of /{self.regex.pattern}/ took no part in the match")
-        return value
-
-
-class HeaderExtract(Model):
-    """The first value of a response header."""
-
-    header: str = Field(min_length=1)
-    """Header name (any case)."""
-
-    def extract(self, answer: WireAnswer) -> str | Missing:
-        value = answer.header(self.header)
-        return Missing(f"header {self.header} is missing") if value is None else value
-
-
-_EXTRACTOR_KEYS = ("json", "regex", "header")
-
-
-def _extractor_kind(value: Any) -> str | None:
-    """Which extractor a configuration entry is: the one of its keys ``json``, ``regex`` or ``header``."""
-    if isinstance(value, JsonExtract):
-        return "json"
-    if isinstance(value, RegexExtract):
-        return "regex"
-    if isinstance(value, HeaderExtract):
-        return "header"
-    if isinstance(value, Mapping):
-        kinds = [key for key in _EXTRACTOR_KEYS if key in value]
-        return kinds[0] if len(kinds) == 1 else None
-    return None
-
-
-Extractor = Annotated[
-    Annotated[JsonExtract, Tag("json")]
-    | Annotated[RegexExtract, Tag("regex")]
-    | Annotated[HeaderExtract, Tag("header")],
-    Discriminator(
-        _extractor_kind,
-        custom_error_type="extractor_kind",
-        custom_error_message="an extractor sets exactly one of 'json', 'regex' or 'header'",
-    ),
-]
-"""``{json: "$.path"}``, ``{regex: "pattern", group: 1}`` or ``{header: "Name"}``."""
 
 
 # --------------------------------------------------------------------------- settings
@@ -293,21 +87,6 @@ Extractor = Annotated[
 
 def _two_hundreds() -> list[int | str]:
     return ["2xx"]
-
-
-@dataclass(frozen=True)
-class StepTemplates:
-    """A step's URL, header values and body, parsed; secrets stay secrets (sent verbatim)."""
-
-    url: Template
-    headers: tuple[tuple[str, Template | Secret], ...]
-    body: Template | Secret | None
-
-    @property
-    def names(self) -> frozenset[str]:
-        """Every variable the step uses."""
-        parts = [self.url, *(value for _, value in self.headers), self.body]
-        return frozenset[str]().union(*(part.names for part in parts if isinstance(part, Template)))
 
 
 class FlowStep(Model):
@@ -343,7 +122,7 @@ class FlowStep(Model):
                 raise ValueError(f"step {self.name!r}, {where}: {exc}") from exc
 
         url = parse("url", self.url)
-        if not url.names and _ABSOLUTE.match(self.url):
+        if not url.names and is_absolute(self.url):
             problem = url_problem(self.url)
             if problem:
                 raise ValueError(f"step {self.name!r}: {problem}")
@@ -487,8 +266,6 @@ class FlowProbe:
 
     async def run(self, target: str) -> ProbeResult:
         """Run the flow against ``target`` once (with retries and timeout as configured); never raises."""
-        started_at = time.time()
-        began = time.perf_counter()
         spec = self._spec
         latest = [_Progress(len(spec.steps))]
 
@@ -496,15 +273,14 @@ class FlowProbe:
             latest[0] = _Progress(len(spec.steps))
             return await self._attempt(target, timings, latest[0])
 
-        try:
-            run = await attempt_within(
-                attempt, timeout=spec.timeout, retries=spec.retries, retry_delay=spec.retry_delay
-            )
-        except Exception as exc:
-            logger.error("flow probe %s: internal error %s", spec.name, type(exc).__name__, exc_info=exc)
-            failure = ProbeFailure(Reason.INTERNAL, f"internal error in the probe ({type(exc).__name__})")
-            run = Attempted(None, failure, 1, {})
-        return self._result(target, run, latest[0], started_at, time.perf_counter() - began)
+        run = await attempt_within(
+            attempt,
+            timeout=spec.timeout,
+            retries=spec.retries,
+            retry_delay=spec.retry_delay,
+            label=f"flow probe {spec.name} against {target}",
+        )
+        return self._result(target, run, latest[0])
 
     async def close(self) -> None:
         """Nothing to release: connections live for one step; shared TLS contexts need no closing."""
@@ -566,9 +342,7 @@ class FlowProbe:
             ip_protocol=self._spec.ip_protocol,
         )
 
-    def _result(
-        self, target: str, run: Attempted[_Progress], progress: _Progress, started_at: float, duration: float
-    ) -> ProbeResult:
+    def _result(self, target: str, run: Attempted[_Progress, Timings], progress: _Progress) -> ProbeResult:
         failure = run.failure
         message = ""
         step: str | None = None
@@ -582,8 +356,8 @@ class FlowProbe:
             kind=self.kind,
             target=target,
             success=failure is None,
-            started_at=started_at,
-            duration=duration,
+            started_at=run.started_at,
+            duration=run.elapsed(),
             reason=failure.reason if failure is not None else None,
             message=message,
             phases=run.phases,
@@ -628,7 +402,3 @@ def _masked(text: str, secrets: list[str]) -> str:
         if secret:
             text = text.replace(secret, _MASK)
     return text
-
-
-def _quote(text: str) -> str:
-    return text if len(text) <= _QUOTE else text[: _QUOTE - 1] + "…"

@@ -27,8 +27,6 @@ Example::
 
 from __future__ import annotations
 
-import logging
-import time
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
@@ -43,21 +41,11 @@ from vouch.probes.assertions import (
     check_status,
     parse_status_codes,
 )
+from vouch.probes.attempts import Attempted, Timings, attempt_within
 from vouch.probes.base import ProbeFailure, ProbeResult, Reason
 from vouch.probes.settings import ProbeSpec, Secret, TlsClientSpec
-from vouch.probes.wire import (
-    DEFAULT_MAX_BODY,
-    Attempted,
-    IpProtocol,
-    Timings,
-    TlsContexts,
-    WireAnswer,
-    WireRequest,
-    attempt_within,
-    exchange,
-)
-
-logger = logging.getLogger(__name__)
+from vouch.probes.tlsinfo import TlsContexts
+from vouch.probes.wire import DEFAULT_MAX_BODY, IpProtocol, WireAnswer, WireRequest, exchange
 
 _MASK = "***"
 
@@ -136,22 +124,16 @@ class HttpProbe:
 
     async def run(self, target: str) -> ProbeResult:
         """Check ``target`` once (with retries and timeout as configured); never raises."""
-        started_at = time.time()
-        began = time.perf_counter()
         spec = self._spec
         secrets: list[str] = []
-        try:
-            run = await attempt_within(
-                lambda timings: self._attempt(target, timings, secrets),
-                timeout=spec.timeout,
-                retries=spec.retries,
-                retry_delay=spec.retry_delay,
-            )
-        except Exception as exc:
-            logger.error("http probe %s: internal error %s", spec.name, type(exc).__name__, exc_info=exc)
-            failure = ProbeFailure(Reason.INTERNAL, f"internal error in the probe ({type(exc).__name__})")
-            run = Attempted(None, failure, 1, {})
-        return self._result(target, run, started_at, time.perf_counter() - began, secrets)
+        run = await attempt_within(
+            lambda timings: self._attempt(target, timings, secrets),
+            timeout=spec.timeout,
+            retries=spec.retries,
+            retry_delay=spec.retry_delay,
+            label=f"http probe {spec.name} against {target}",
+        )
+        return self._result(target, run, secrets)
 
     async def close(self) -> None:
         """Nothing to release: connections live for one run; shared TLS contexts need no closing."""
@@ -200,9 +182,7 @@ class HttpProbe:
             or check_latency(answer.elapsed, limit=self._spec.max_latency)
         )
 
-    def _result(
-        self, target: str, run: Attempted[WireAnswer], started_at: float, duration: float, secrets: list[str]
-    ) -> ProbeResult:
+    def _result(self, target: str, run: Attempted[WireAnswer, Timings], secrets: list[str]) -> ProbeResult:
         answer, failure = run.value, run.failure
         details: dict[str, Any] = {}
         if answer is not None:
@@ -218,8 +198,8 @@ class HttpProbe:
             kind=self.kind,
             target=target,
             success=failure is None,
-            started_at=started_at,
-            duration=duration,
+            started_at=run.started_at,
+            duration=run.elapsed(),
             reason=failure.reason if failure is not None else None,
             message=message,
             phases=run.phases,

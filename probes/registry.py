@@ -13,7 +13,7 @@ from vouch.probes.flow import FlowProbe, FlowProbeSpec
 from vouch.probes.http import HttpProbe, HttpProbeSpec
 from vouch.probes.tcp import TcpProbe, TcpProbeSpec
 from vouch.probes.tls import TlsProbe, TlsProbeSpec
-from vouch.probes.wire import TlsContexts
+from vouch.probes.tlsinfo import TlsContexts
 
 ProbeDefinition = Annotated[
     HttpProbeSpec | TcpProbeSpec | DnsProbeSpec | TlsProbeSpec | FlowProbeSpec,

@@ -6,8 +6,10 @@ set) and ``processing`` (sending ``send`` and reading until ``expect``
 matches). Each run opens a fresh connection; the TLS context is built once.
 
 This module also holds what the other socket-level kinds share:
-:func:`split_host_port` and :func:`run_attempts`, the retry-within-a-deadline
-loop that turns every way a run can end into one :class:`ProbeResult`.
+:func:`split_host_port`, :func:`resolve`, the per-attempt record
+:class:`Attempt` and :func:`run_attempts`, which runs attempts by the rules of
+:mod:`vouch.probes.attempts` and turns how the run ended into one
+:class:`ProbeResult`.
 
 Example::
 
@@ -19,30 +21,21 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
-import logging
 import re
 import socket
 import ssl
-import time
-from collections.abc import Awaitable, Callable, Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable
 from typing import Any, Literal
 
 from pydantic import Field, field_validator
 
-from vouch.core.durations import format_duration
-from vouch.core.errors import ConfigError
+from vouch.probes.attempts import Attempted, Timings, run_within
 from vouch.probes.base import ProbeFailure, ProbeResult, Reason
 from vouch.probes.settings import ProbeSpec, Secret, TlsClientSpec
-from vouch.probes.wire import TlsContexts, peer_tls, verify_failure
-
-_log = logging.getLogger(__name__)
+from vouch.probes.tlsinfo import TlsContexts, peer_tls, verify_failure
 
 _QUOTE = 200
 """How many characters of received data a failure message quotes."""
-_NOT_RETRIED = frozenset({Reason.CONFIG, Reason.INTERNAL})
-"""Failures another attempt cannot cure."""
 _ESCAPE = re.compile(r"\\(x[0-9A-Fa-f]{2}|[rnt0\\])")
 _SIMPLE_ESCAPES = {"r": b"\r", "n": b"\n", "t": b"\t", "0": b"\0", "\\": b"\\"}
 
@@ -125,107 +118,54 @@ def quote(data: str, *, limit: int = _QUOTE) -> str:
     return shown + (f" … ({len(data)} characters)" if len(data) > limit else "")
 
 
-@dataclass
-class Attempt:
-    """What one attempt measured so far; filled in as it goes, so a timeout still reports it."""
+class Attempt(Timings):
+    """What one attempt of a socket-level probe measured so far: only the phases it reached, and what it saw."""
 
-    phases: dict[str, float] = field(default_factory=dict)
-    details: dict[str, Any] = field(default_factory=dict)
-    tls_expiry: float | None = None
-    current: str | None = None
-    """The phase in progress (named in a timeout's message)."""
-    waiting_for: str = ""
-    """What the attempt is waiting for, for a timeout's message."""
+    __slots__ = ("details", "tls_expiry")
 
-    @contextmanager
-    def phase(self, name: str) -> Iterator[None]:
-        """Time the block as ``name`` (added up if the phase repeats)."""
-        loop = asyncio.get_running_loop()
-        start, self.current = loop.time(), name
-        try:
-            yield
-        finally:
-            self.phases[name] = self.phases.get(name, 0.0) + loop.time() - start
-        self.current = None  # kept when the block failed or was cancelled, to name it in the message
+    def __init__(self) -> None:
+        super().__init__(phases=())
+        self.details: dict[str, Any] = {}
+        self.tls_expiry: float | None = None
 
 
-AttemptFn = Callable[[str, Attempt], Awaitable[None]]
+SocketAttempt = Callable[[str, Attempt], Awaitable[None]]
 """One attempt at ``target``: returns on success, raises :class:`ProbeFailure` otherwise."""
 
 
-@dataclass
-class _Run:
-    attempts: int = 0
-    attempt: Attempt = field(default_factory=Attempt)
-    failure: ProbeFailure | None = None
+async def run_attempts(spec: ProbeSpec, kind: str, target: str, attempt: SocketAttempt) -> ProbeResult:
+    """Run ``attempt`` as :func:`~vouch.probes.attempts.run_within` does, and report how the run ended.
 
-
-async def run_attempts(spec: ProbeSpec, kind: str, target: str, attempt: AttemptFn) -> ProbeResult:
-    """Run ``attempt`` until it succeeds, retries run out, or ``spec.timeout`` passes; never raises.
-
-    A retry starts only if its delay still fits before the deadline, so a run
-    that keeps failing fast reports its own reason rather than ``timeout``.
-    Unexpected exceptions are logged and reported as ``internal_error``.
+    The result carries the last attempt's phases, details and certificate expiry; never raises.
     """
-    loop = asyncio.get_running_loop()
-    started_at, t0 = time.time(), loop.time()
-    deadline = t0 + spec.timeout
-    state = _Run()
-    scope = asyncio.timeout(spec.timeout)
-    try:
-        async with scope:
-            await _attempt_loop(spec, target, attempt, state, deadline)
-    except TimeoutError as exc:
-        if scope.expired():
-            state.failure = _timed_out(spec, state.attempt, previous=state.failure)
-        else:  # a library's own, shorter timeout
-            state.failure = ProbeFailure(Reason.TIMEOUT, f"timed out: {exc or 'no answer in time'}")
-    except ConfigError as exc:
-        state.failure = ProbeFailure(Reason.CONFIG, str(exc))
-    except Exception as exc:
-        _log.exception("%s probe %s failed unexpectedly against %s", kind, spec.name, target)
-        state.failure = ProbeFailure(Reason.INTERNAL, f"internal error ({type(exc).__name__}); see the daemon log")
-    failure, record = state.failure, state.attempt
+
+    async def once(record: Attempt) -> tuple[None, None]:
+        await attempt(target, record)
+        return None, None
+
+    run: Attempted[None, Attempt] = await run_within(
+        once,
+        fresh=Attempt,
+        timeout=spec.timeout,
+        retries=spec.retries,
+        retry_delay=spec.retry_delay,
+        label=f"{kind} probe {spec.name} against {target}",
+    )
+    failure, record = run.failure, run.record
     return ProbeResult(
         probe=spec.name,
         kind=kind,
         target=target,
         success=failure is None,
-        started_at=started_at,
-        duration=loop.time() - t0,
+        started_at=run.started_at,
+        duration=run.elapsed(),
         reason=failure.reason if failure else None,
         message=failure.message if failure else "",
-        phases={**record.phases, **(failure.phases if failure else {})},
+        phases=run.phases,
         tls_expiry=record.tls_expiry,
-        attempts=max(state.attempts, 1),
+        attempts=run.attempts,
         details=dict(record.details),
     )
-
-
-async def _attempt_loop(spec: ProbeSpec, target: str, attempt: AttemptFn, state: _Run, deadline: float) -> None:
-    loop = asyncio.get_running_loop()
-    while True:
-        state.attempts += 1
-        state.attempt = Attempt()
-        try:
-            await attempt(target, state.attempt)
-        except ProbeFailure as exc:
-            state.failure = exc
-        else:
-            state.failure = None
-            return
-        if state.failure.reason in _NOT_RETRIED or state.attempts > spec.retries:
-            return
-        if loop.time() + spec.retry_delay >= deadline:
-            return
-        await asyncio.sleep(spec.retry_delay)
-
-
-def _timed_out(spec: ProbeSpec, record: Attempt, *, previous: ProbeFailure | None) -> ProbeFailure:
-    where = f" during {record.current}" if record.current else ""
-    waiting = f" ({record.waiting_for})" if record.waiting_for else ""
-    earlier = f"; the attempt before failed: {previous.reason.value}: {previous.message}" if previous else ""
-    return ProbeFailure(Reason.TIMEOUT, f"no result within {format_duration(spec.timeout)}{where}{waiting}{earlier}")
 
 
 def client_context(spec: TlsClientSpec) -> ssl.SSLContext:

@@ -21,18 +21,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
+import dataclasses
 import time
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import Field, field_validator
 
+from vouch.probes.attempts import Attempted, Timings, attempt_within, defect
 from vouch.probes.base import ProbeFailure, ProbeResult, Reason
 from vouch.probes.settings import ProbeSpec, TlsClientSpec
-from vouch.probes.wire import Attempted, IpProtocol, PeerTls, Timings, TlsContexts, attempt_within, connect
-
-logger = logging.getLogger(__name__)
+from vouch.probes.tlsinfo import PeerTls, TlsContexts
+from vouch.probes.wire import IpProtocol, connect
 
 _DAY = 86400.0
 _VERIFY_REASONS = frozenset({Reason.TLS_UNTRUSTED, Reason.TLS_EXPIRED, Reason.TLS_HOSTNAME})
@@ -89,24 +89,22 @@ class TlsProbe:
 
     async def run(self, target: str) -> ProbeResult:
         """Check ``target`` once (with retries and timeout as configured)."""
-        started_at = time.time()
-        began = time.perf_counter()
         spec = self._spec
-        try:
-            run = await attempt_within(
-                lambda timings: self._attempt(target, timings),
-                timeout=spec.timeout,
-                retries=spec.retries,
-                retry_delay=spec.retry_delay,
-            )
-            peer = run.value
-            if peer is None and run.failure is not None and run.failure.reason in _VERIFY_REASONS:
-                peer = await self._unverified_peer(target, began)
-        except Exception as exc:
-            logger.error("tls probe %s: internal error %s", spec.name, type(exc).__name__, exc_info=exc)
-            failure = ProbeFailure(Reason.INTERNAL, f"internal error in the probe ({type(exc).__name__})")
-            run, peer = Attempted(None, failure, 1, {}), None
-        return self._result(target, run, peer, started_at, time.perf_counter() - began)
+        label = f"tls probe {spec.name} against {target}"
+        run = await attempt_within(
+            lambda timings: self._attempt(target, timings),
+            timeout=spec.timeout,
+            retries=spec.retries,
+            retry_delay=spec.retry_delay,
+            label=label,
+        )
+        peer = run.value
+        if peer is None and run.failure is not None and run.failure.reason in _VERIFY_REASONS:
+            try:
+                peer = await self._unverified_peer(target, left=spec.timeout - run.elapsed())
+            except Exception as exc:
+                run, peer = dataclasses.replace(run, failure=defect(exc, label)), None
+        return self._result(target, run, peer)
 
     async def close(self) -> None:
         """Nothing to release: connections live for one run; shared TLS contexts need no closing."""
@@ -137,9 +135,8 @@ class TlsProbe:
             )
         return None
 
-    async def _unverified_peer(self, target: str, began: float) -> PeerTls | None:
-        """What the server presents, by a handshake without verification, in the time the run has left."""
-        left = self._spec.timeout - (time.perf_counter() - began)
+    async def _unverified_peer(self, target: str, *, left: float) -> PeerTls | None:
+        """What the server presents, by a handshake without verification, in the ``left`` seconds of the run."""
         if left <= 0:
             return None
         host, port = host_port(target)
@@ -151,17 +148,15 @@ class TlsProbe:
                 return conn.tls
         return None
 
-    def _result(
-        self, target: str, run: Attempted[PeerTls], peer: PeerTls | None, started_at: float, duration: float
-    ) -> ProbeResult:
+    def _result(self, target: str, run: Attempted[PeerTls, Timings], peer: PeerTls | None) -> ProbeResult:
         failure = run.failure
         return ProbeResult(
             probe=self.name,
             kind=self.kind,
             target=target,
             success=failure is None,
-            started_at=started_at,
-            duration=duration,
+            started_at=run.started_at,
+            duration=run.elapsed(),
             reason=failure.reason if failure is not None else None,
             message=failure.message if failure is not None else "",
             phases=run.phases,

@@ -3,9 +3,10 @@
 Every call opens a new connection (as blackbox_exporter does), so each run
 measures what a new client would see: name resolution, TCP connect, the TLS
 handshake, the server's processing time and the body's transfer. Only the
-expensive, immutable parts are shared across calls: :class:`TlsContexts`
-keeps one :class:`ssl.SSLContext` per :class:`TlsClientSpec` (loading a CA
-bundle costs milliseconds) and the parsed peer certificates.
+expensive, immutable parts are shared across calls:
+:class:`~vouch.probes.tlsinfo.TlsContexts` keeps one :class:`ssl.SSLContext`
+per :class:`TlsClientSpec` (loading a CA bundle costs milliseconds) and the
+parsed peer certificates.
 
 It is written on asyncio streams and ``h11`` rather than an HTTP client library
 because CPU per probe is what limits how many probes one process can run: a
@@ -14,8 +15,8 @@ request, and a new one per probe about forty times as much.
 
 Every way an exchange can fail raises :class:`~vouch.probes.base.ProbeFailure`
 with one documented :class:`~vouch.probes.base.Reason`; the caller's
-:class:`Timings` keeps the phases measured so far, also when the caller's
-timeout cancels the exchange midway.
+:class:`~vouch.probes.attempts.Timings` keeps the phases measured so far, also
+when the caller's timeout cancels the exchange midway.
 
 Example (what a multi-step probe does for one step)::
 
@@ -43,35 +44,27 @@ import json
 import socket
 import ssl
 import time
-from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Generic, Literal, TypeVar
+from typing import Any, Literal
 from urllib.parse import SplitResult, urljoin, urlsplit
 
 import h11
-from cryptography import x509
 
-from vouch.probes.base import PHASES, ProbeFailure, Reason
+from vouch.probes.attempts import Timings
+from vouch.probes.base import ProbeFailure, Reason
 from vouch.probes.settings import TlsClientSpec
+from vouch.probes.tlsinfo import PeerTls, TlsContexts, peer_tls, verify_failure
 
 __all__ = [
     "DEFAULT_MAX_BODY",
     "REDIRECT_CODES",
-    "Attempted",
-    "CertificateInfo",
     "Connection",
     "IpProtocol",
-    "PeerTls",
-    "Timings",
-    "TlsContexts",
     "WireAnswer",
     "WireRequest",
-    "attempt_within",
     "connect",
     "exchange",
-    "peer_tls",
-    "verify_failure",
 ]
 
 DEFAULT_MAX_BODY = 1 << 20
@@ -88,25 +81,6 @@ _CROSS_HOST_DROPPED = frozenset({"authorization", "cookie", "proxy-authorization
 _DEFAULT_TLS = TlsClientSpec()
 
 IpProtocol = Literal["ip4", "ip6"]
-
-
-class Timings:
-    """Seconds per phase of one exchange, owned by the caller so a timeout still reports what was measured.
-
-    ``phases`` always has every name of :data:`~vouch.probes.base.PHASES`
-    (zero when the phase did not happen, such as ``tls`` over plain HTTP);
-    across redirects the phases add up, as in blackbox_exporter. ``current``
-    names the phase in progress (or the one that failed), for a timeout's message.
-    """
-
-    __slots__ = ("current", "phases")
-
-    def __init__(self) -> None:
-        self.phases: dict[str, float] = dict.fromkeys(PHASES, 0.0)
-        self.current: str | None = None
-
-    def add(self, phase: str, seconds: float) -> None:
-        self.phases[phase] += seconds
 
 
 @dataclass(frozen=True)
@@ -441,17 +415,13 @@ async def _connect(
     ip_protocol: IpProtocol | None,
 ) -> Connection:
     family, address = await _resolve(host, port, ip_protocol, timings)
-    timings.current = "connect"
-    mark = time.perf_counter()
-    try:
-        reader, writer = await asyncio.open_connection(address[0], address[1], family=family, limit=READ_SIZE)
-    except ConnectionRefusedError as exc:
-        raise ProbeFailure(Reason.CONNECT_REFUSED, f"connection to {_join(address)} refused") from exc
-    except OSError as exc:
-        raise ProbeFailure(Reason.CONNECT_FAILED, f"cannot connect to {_join(address)}: {_os_error(exc)}") from exc
-    finally:
-        timings.add("connect", time.perf_counter() - mark)
-    timings.current = None  # only once the phase ended well: a timeout's message names the phase it interrupted
+    with timings.phase("connect"):
+        try:
+            reader, writer = await asyncio.open_connection(address[0], address[1], family=family, limit=READ_SIZE)
+        except ConnectionRefusedError as exc:
+            raise ProbeFailure(Reason.CONNECT_REFUSED, f"connection to {_join(address)} refused") from exc
+        except OSError as exc:
+            raise ProbeFailure(Reason.CONNECT_FAILED, f"cannot connect to {_join(address)}: {_os_error(exc)}") from exc
     conn = Connection(reader, writer, address, None)
     if tls is None:
         return conn
@@ -473,16 +443,12 @@ async def _resolve(
         pass
     else:
         return (socket.AF_INET6 if literal.version == 6 else socket.AF_INET), (host, port)
-    timings.current = "resolve"
-    mark = time.perf_counter()
-    try:
-        infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    except (socket.gaierror, UnicodeError) as exc:
-        why = exc.strerror if isinstance(exc, socket.gaierror) else "invalid name"
-        raise ProbeFailure(Reason.DNS_FAILED, f"cannot resolve {host}: {why}") from exc
-    finally:
-        timings.add("resolve", time.perf_counter() - mark)
-    timings.current = None  # only once the phase ended well: a timeout's message names the phase it interrupted
+    with timings.phase("resolve"):
+        try:
+            infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        except (socket.gaierror, UnicodeError) as exc:
+            why = exc.strerror if isinstance(exc, socket.gaierror) else "invalid name"
+            raise ProbeFailure(Reason.DNS_FAILED, f"cannot resolve {host}: {why}") from exc
     wanted = {"ip4": socket.AF_INET, "ip6": socket.AF_INET6}.get(ip_protocol or "")
     chosen = next((info for info in infos if info[0] == wanted), infos[0]) if infos else None
     if chosen is None:
@@ -495,231 +461,24 @@ async def _handshake(
 ) -> PeerTls:
     context = contexts.context(tls)
     server_name = tls.server_name or host
-    timings.current = "tls"
-    mark = time.perf_counter()
-    try:
-        await conn.writer.start_tls(context, server_hostname=server_name)
-    except ssl.SSLCertVerificationError as exc:
-        reason, why = verify_failure(exc)
-        raise ProbeFailure(reason, f"certificate of {server_name}: {why}") from exc
-    except ssl.SSLError as exc:
-        raise ProbeFailure(
-            Reason.TLS_HANDSHAKE,
-            f"TLS handshake with {_where(conn)} failed: {exc.reason or exc}",
-        ) from exc
-    except (OSError, EOFError) as exc:
-        raise ProbeFailure(
-            Reason.TLS_HANDSHAKE,
-            f"{_where(conn)} closed the connection during the TLS handshake ({type(exc).__name__})",
-        ) from exc
-    finally:
-        timings.add("tls", time.perf_counter() - mark)
-    timings.current = None  # only once the phase ended well: a timeout's message names the phase it interrupted
+    with timings.phase("tls"):
+        try:
+            await conn.writer.start_tls(context, server_hostname=server_name)
+        except ssl.SSLCertVerificationError as exc:
+            reason, why = verify_failure(exc)
+            raise ProbeFailure(reason, f"certificate of {server_name}: {why}") from exc
+        except ssl.SSLError as exc:
+            raise ProbeFailure(
+                Reason.TLS_HANDSHAKE,
+                f"TLS handshake with {_where(conn)} failed: {exc.reason or exc}",
+            ) from exc
+        except (OSError, EOFError) as exc:
+            raise ProbeFailure(
+                Reason.TLS_HANDSHAKE,
+                f"{_where(conn)} closed the connection during the TLS handshake ({type(exc).__name__})",
+            ) from exc
     ssl_object = conn.writer.get_extra_info("ssl_object")
     return peer_tls(ssl_object, contexts)
-
-
-# --------------------------------------------------------------------------- TLS: shared contexts, peer certificates
-
-_EXPIRED_CODES = frozenset({9, 10})
-"""OpenSSL verify codes: certificate not yet valid, certificate has expired."""
-_HOSTNAME_CODES = frozenset({62, 63, 64})
-"""OpenSSL verify codes: host name, e-mail or IP address mismatch."""
-
-
-@dataclass(frozen=True)
-class CertificateInfo:
-    """What a probe reports about one certificate: names and validity (epoch seconds)."""
-
-    subject: str
-    issuer: str
-    sans: tuple[str, ...]
-    not_before: float
-    not_after: float
-
-
-@dataclass(frozen=True)
-class PeerTls:
-    """The negotiated TLS session: version, cipher and the certificates the server presented (leaf first)."""
-
-    version: str | None
-    cipher: str | None
-    chain: tuple[CertificateInfo, ...]
-
-    @property
-    def leaf(self) -> CertificateInfo | None:
-        return self.chain[0] if self.chain else None
-
-    @property
-    def earliest_expiry(self) -> float | None:
-        """The soonest ``not_after`` of the presented chain (blackbox_exporter's ``probe_ssl_earliest_cert_expiry``)."""
-        return min((cert.not_after for cert in self.chain), default=None)
-
-
-class TlsContexts:
-    """SSL contexts and parsed certificates shared across runs: building either costs far more than a probe.
-
-    One context per distinct :class:`TlsClientSpec` (kept for the life of this
-    object: there are as many as configurations); parsed certificates are kept
-    by their DER bytes, the ``max_certificates`` most recent ones.
-    """
-
-    def __init__(self, *, max_certificates: int = 1024) -> None:
-        self._contexts: dict[TlsClientSpec, ssl.SSLContext] = {}
-        self._certificates: OrderedDict[bytes, CertificateInfo | None] = OrderedDict()
-        self._max_certificates = max_certificates
-
-    def context(self, spec: TlsClientSpec) -> ssl.SSLContext:
-        """The client context for ``spec``; TLS files that cannot be loaded are a config failure."""
-        context = self._contexts.get(spec)
-        if context is None:
-            context = self._contexts[spec] = _new_context(spec)
-        return context
-
-    def certificate(self, der: bytes) -> CertificateInfo | None:
-        """``der`` parsed (``None`` when it is not a certificate cryptography can read)."""
-        if der in self._certificates:
-            self._certificates.move_to_end(der)
-            return self._certificates[der]
-        info = _parse_certificate(der)
-        self._certificates[der] = info
-        if len(self._certificates) > self._max_certificates:
-            self._certificates.popitem(last=False)
-        return info
-
-
-def _new_context(spec: TlsClientSpec) -> ssl.SSLContext:
-    try:
-        if spec.verify:
-            context = ssl.create_default_context(cafile=spec.ca_file)
-        else:
-            context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-            context.check_hostname = False
-            context.verify_mode = ssl.CERT_NONE
-        if spec.cert_file is not None:
-            context.load_cert_chain(spec.cert_file, spec.key_file)
-    except (OSError, ssl.SSLError) as exc:
-        files = ", ".join(f for f in (spec.ca_file, spec.cert_file, spec.key_file) if f) or "the system's CAs"
-        raise ProbeFailure(Reason.CONFIG, f"cannot load TLS files ({files}): {_os_error(exc)}") from exc
-    context.set_alpn_protocols(["http/1.1"])
-    return context
-
-
-def _parse_certificate(der: bytes) -> CertificateInfo | None:
-    try:
-        cert = x509.load_der_x509_certificate(der)
-        try:
-            names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-            sans = tuple(names.get_values_for_type(x509.DNSName)) + tuple(
-                str(ip) for ip in names.get_values_for_type(x509.IPAddress)
-            )
-        except x509.ExtensionNotFound:
-            sans = ()
-        return CertificateInfo(
-            subject=cert.subject.rfc4514_string(),
-            issuer=cert.issuer.rfc4514_string(),
-            sans=sans,
-            not_before=cert.not_valid_before_utc.timestamp(),
-            not_after=cert.not_valid_after_utc.timestamp(),
-        )
-    except ValueError:
-        return None
-
-
-def peer_tls(ssl_object: ssl.SSLObject, contexts: TlsContexts) -> PeerTls:
-    """Describe an established TLS session, including with verification off (the chain is then unverified)."""
-    chain = tuple(info for info in map(contexts.certificate, _presented_chain(ssl_object)) if info is not None)
-    cipher = ssl_object.cipher()
-    return PeerTls(version=ssl_object.version(), cipher=cipher[0] if cipher else None, chain=chain)
-
-
-def _presented_chain(ssl_object: ssl.SSLObject) -> list[bytes]:
-    """The DER certificates the server sent, leaf first; only the leaf where Python cannot tell more."""
-    public = getattr(ssl_object, "get_unverified_chain", None)  # Python 3.13+
-    if public is not None:
-        return [bytes(der) for der in public() or ()]
-    private = getattr(getattr(ssl_object, "_sslobj", None), "get_unverified_chain", None)  # 3.10 to 3.12
-    if private is not None:
-        return [cert.public_bytes(_ENCODING_DER) for cert in private() or ()]
-    leaf = ssl_object.getpeercert(binary_form=True)
-    return [leaf] if leaf else []
-
-
-_ENCODING_DER = 2
-"""``_ssl.ENCODING_DER``: what ``Certificate.public_bytes`` takes to give DER bytes."""
-
-
-def verify_failure(exc: ssl.SSLCertVerificationError) -> tuple[Reason, str]:
-    """The reason and a readable cause of a failed certificate verification, from OpenSSL's verify code."""
-    code = exc.verify_code
-    why = exc.verify_message or exc.reason or str(exc)
-    if code in _EXPIRED_CODES:
-        return Reason.TLS_EXPIRED, why
-    if code in _HOSTNAME_CODES:
-        return Reason.TLS_HOSTNAME, why
-    return Reason.TLS_UNTRUSTED, why
-
-
-# --------------------------------------------------------------------------- runs: timeout and retries
-
-T = TypeVar("T")
-
-
-@dataclass(frozen=True)
-class Attempted(Generic[T]):
-    """How a run ended: the last attempt's value (if it got that far), its failure, count and phases."""
-
-    value: T | None
-    failure: ProbeFailure | None
-    attempts: int
-    phases: dict[str, float]
-
-
-_NOT_RETRIED = frozenset({Reason.CONFIG, Reason.INTERNAL})
-
-
-async def attempt_within(
-    attempt: Callable[[Timings], Awaitable[tuple[T | None, ProbeFailure | None]]],
-    *,
-    timeout: float,
-    retries: int,
-    retry_delay: float,
-) -> Attempted[T]:
-    """Run ``attempt`` until it succeeds or ``retries`` extra attempts failed, all within ``timeout``.
-
-    ``attempt`` gets fresh :class:`Timings` and returns ``(value, failure)``
-    (``failure`` None on success) or raises ProbeFailure. When the timeout
-    strikes, the run fails with ``timeout`` and the phases of the attempt it
-    interrupted. A retry whose delay would not fit in the time left is not
-    made: the last failure stands. Any other exception propagates.
-    """
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    timings = Timings()
-    attempts = 0
-    value: T | None = None
-    failure: ProbeFailure | None = None
-    try:
-        async with asyncio.timeout_at(deadline):
-            while True:
-                attempts += 1
-                timings = Timings()
-                try:
-                    value, failure = await attempt(timings)
-                except ProbeFailure as raised:
-                    value, failure = None, raised
-                if failure is None or attempts > retries or failure.reason in _NOT_RETRIED:
-                    break
-                if deadline - loop.time() <= retry_delay:
-                    break
-                await asyncio.sleep(retry_delay)
-    except TimeoutError:
-        if loop.time() < deadline:
-            raise
-        where = f" during {timings.current}" if timings.current else ""
-        failure = ProbeFailure(Reason.TIMEOUT, f"no complete answer within {timeout:g}s{where}")
-        value = None
-    return Attempted(value, failure, attempts, timings.phases)
 
 
 # --------------------------------------------------------------------------- messages

@@ -20,7 +20,8 @@ from support.dnsserver import DnsServer, running_dnsmasq
 
 from vouch.core.errors import ConfigError
 from vouch.probes.base import Reason
-from vouch.probes.blackbox import TARGET, Conversion, convert_blackbox, go_duration, render_conversion
+from vouch.probes.blackbox import Conversion, convert_blackbox, go_duration, render_conversion
+from vouch.probes.blackboxopts import TARGET
 from vouch.probes.dns import DnsProbe, DnsProbeSpec
 from vouch.probes.registry import ProbeFile
 from vouch.probes.tcp import TcpProbe, TcpProbeSpec

@@ -14,7 +14,8 @@ from support.tls import make_certs, never_answer, serve_app, serve_raw, server_c
 
 from vouch.probes import flow as flow_module
 from vouch.probes.base import PHASES, Probe, ProbeResult, Reason
-from vouch.probes.flow import FlowProbe, FlowProbeSpec, FlowStep, JsonExtract, Template, join_url
+from vouch.probes.flow import FlowProbe, FlowProbeSpec, FlowStep
+from vouch.probes.flowparts import JsonExtract, Template, join_url
 from vouch.probes.settings import TlsClientSpec
 
 USER = "probe-user"

@@ -24,18 +24,11 @@ from support.tls import (
     silent_listener,
 )
 
+from vouch.probes.attempts import Timings, attempt_within
 from vouch.probes.base import PHASES, ProbeFailure, Reason
 from vouch.probes.settings import TlsClientSpec
-from vouch.probes.wire import (
-    Timings,
-    TlsContexts,
-    WireAnswer,
-    WireRequest,
-    attempt_within,
-    connect,
-    exchange,
-    verify_failure,
-)
+from vouch.probes.tlsinfo import TlsContexts, verify_failure
+from vouch.probes.wire import WireAnswer, WireRequest, connect, exchange
 
 
 @pytest.fixture(scope="module")
