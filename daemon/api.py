@@ -17,7 +17,7 @@ from __future__ import annotations
 import hmac
 import logging
 import re
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Protocol
 from urllib.parse import quote
 
@@ -69,7 +69,16 @@ class Controller(Protocol):
         """True once the daemon can act on requests (store open, engine running)."""
         ...
 
-    async def submit(self, *, service: str, version: str, environment: str | None, actor: str) -> Release:
+    async def submit(
+        self,
+        *,
+        service: str,
+        version: str,
+        environment: str | None,
+        actor: str,
+        artifact: Mapping[str, str] | None = None,
+        commit: Mapping[str, str | None] | None = None,
+    ) -> Release:
         """Start a release; ``environment`` None means the service's whole chain.
 
         Raises NotFoundError (unknown service or environment), ConflictError (an
@@ -217,7 +226,12 @@ class _Routes:
         raw = await read_json(request, max_bytes=self._max_body, required=True)
         body = validated(SubmitRequest, raw)
         release = await self._controller.submit(
-            service=body.service, version=body.version, environment=body.environment, actor=actor_of(request)
+            service=body.service,
+            version=body.version,
+            environment=body.environment,
+            actor=actor_of(request),
+            artifact=body.artifact.model_dump(exclude_none=True) if body.artifact else None,
+            commit=body.commit.model_dump() if body.commit else None,
         )
         promotions = await self._promotions_of(release)
         return json_response(

@@ -17,7 +17,7 @@ import json
 import math
 from collections.abc import Mapping
 from enum import Enum
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -36,10 +36,25 @@ class _Body(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
 
+class ArtifactRef(_Body):
+    name: str | None = Field(default=None, max_length=512)
+    digest: str = Field(pattern=r"^sha256:[0-9a-f]{64}$")
+
+
+class CommitRef(_Body):
+    sha: str = Field(pattern=r"^[0-9a-f]{7,64}$")
+    merge: Literal["fast-forward", "non-fast-forward"] | None = None
+    pr_head: str | None = Field(default=None, pattern=r"^[0-9a-f]{7,64}$")
+
+
 class SubmitRequest(_Body):
     service: str = Field(min_length=1, max_length=128)
     version: str = Field(min_length=1, max_length=256)
     environment: str | None = Field(default=None, min_length=1, max_length=128)
+    artifact: ArtifactRef | None = None
+    """The artifact released, by digest: what attestations are about."""
+    commit: CommitRef | None = None
+    """The commit released and how it was merged."""
 
 
 class AbortRequest(_Body):

@@ -171,6 +171,15 @@ def promote(
     wait: Annotated[
         bool, typer.Option("--wait", "-w", help="Follow the release to its end; exit 1 if it fails.")
     ] = False,
+    digest: Annotated[
+        str | None, typer.Option("--digest", help="The artifact's digest, sha256:HEX: what attestations are about.")
+    ] = None,
+    artifact_name: Annotated[str | None, typer.Option("--artifact-name", help="The artifact's name.")] = None,
+    commit: Annotated[str | None, typer.Option("--commit", help="The commit released.")] = None,
+    merge: Annotated[
+        str | None, typer.Option("--merge", help="How it was merged: fast-forward or non-fast-forward.")
+    ] = None,
+    pr_head: Annotated[str | None, typer.Option("--pr-head", help="The pull request's head commit.")] = None,
     as_json: JsonOpt = False,
     config: ConfigOpt = None,
     url: UrlOpt = None,
@@ -182,10 +191,17 @@ def promote(
     Each environment is one promotion: its plan's steps, each judged by its gates; any failure rolls back
     and stops the release there.
 
-    Example: vouch promote checkout 2.4.1 --wait
+    With attestations gating an environment, name the artifact (`--digest`) and the commit (`--commit`,
+    `--merge`, `--pr-head`): the policy checks the attestations made for them.
+
+    Example: vouch promote checkout 2.4.1 --digest sha256:ab12... --commit 9f3e2a1 --merge fast-forward --wait
     """
+    if (commit is None) and (merge is not None or pr_head is not None):
+        fail("--merge and --pr-head describe a --commit; give it too", as_json=as_json)
+    artifact = {"digest": digest, **({"name": artifact_name} if artifact_name else {})} if digest else None
+    commit_ref = {"sha": commit, "merge": merge, "pr_head": pr_head} if commit else None
     with reported(as_json=as_json), connect(config, url, token, token_file) as client:
-        created = client.submit(service, version, environment=env)
+        created = client.submit(service, version, environment=env, artifact=artifact, commit=commit_ref)
         release = created["release"]
         if not wait:
             _print_result({"release": release, "promotions": created["promotions"]}, as_json=as_json)

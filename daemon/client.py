@@ -139,11 +139,23 @@ class VouchClient:
 
     # ----------------------------------------------------------------- the routes
 
-    def submit(self, service: str, version: str, *, environment: str | None = None) -> dict[str, Any]:
+    def submit(
+        self,
+        service: str,
+        version: str,
+        *,
+        environment: str | None = None,
+        artifact: Mapping[str, str] | None = None,
+        commit: Mapping[str, str | None] | None = None,
+    ) -> dict[str, Any]:
         """Starts a release; ``environment`` None runs the service's whole chain."""
-        body: dict[str, str] = {"service": service, "version": version}
+        body: dict[str, Any] = {"service": service, "version": version}
         if environment is not None:
             body["environment"] = environment
+        if artifact is not None:
+            body["artifact"] = dict(artifact)
+        if commit is not None:
+            body["commit"] = {k: v for k, v in commit.items() if v is not None}
         result: dict[str, Any] = self._request("POST", "/api/v1/promotions", body=body)
         return result
 

@@ -45,8 +45,19 @@ class DaemonController:
     def ready(self) -> bool:
         return self._engine.started.is_set()
 
-    async def submit(self, *, service: str, version: str, environment: str | None, actor: str) -> Release:
-        return await self._engine.submit(service=service, version=version, environment=environment, actor=actor)
+    async def submit(
+        self,
+        *,
+        service: str,
+        version: str,
+        environment: str | None,
+        actor: str,
+        artifact: Mapping[str, str] | None = None,
+        commit: Mapping[str, str | None] | None = None,
+    ) -> Release:
+        return await self._engine.submit(
+            service=service, version=version, environment=environment, actor=actor, artifact=artifact, commit=commit
+        )
 
     async def abort(self, promotion_id: str, *, actor: str, reason: str) -> Promotion:
         return await self._engine.abort(promotion_id, actor=actor, reason=reason or f"aborted by {actor}")

@@ -29,10 +29,12 @@ class Phase(StrEnum):
     SUCCEEDED = "Succeeded"
     ABORTING = "Aborting"
     ROLLED_BACK = "RolledBack"
+    DENIED = "Denied"
+    """Verification refused the release before anything started: no replica ever ran it here."""
 
     @property
     def terminal(self) -> bool:
-        return self in (Phase.SUCCEEDED, Phase.ROLLED_BACK)
+        return self in (Phase.SUCCEEDED, Phase.ROLLED_BACK, Phase.DENIED)
 
 
 ACTIVE_PHASES = tuple(p for p in Phase if not p.terminal)
@@ -192,10 +194,16 @@ class Release:
     created_at: float = 0.0
     updated_at: float = 0.0
     finished_at: float | None = None
+    artifact: Mapping[str, str] | None = None
+    """``{"name", "digest"}`` of the artifact released (``digest`` is ``sha256:HEX``), when given."""
+    commit: Mapping[str, str | None] | None = None
+    """``{"sha", "merge", "pr_head"}``: the commit released and how it was merged, when given."""
 
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
         data["phase"] = self.phase.value
+        data["artifact"] = dict(self.artifact) if self.artifact is not None else None
+        data["commit"] = dict(self.commit) if self.commit is not None else None
         return data
 
     @classmethod

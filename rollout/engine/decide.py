@@ -38,6 +38,13 @@ class Verified:
 
 
 @dataclass(frozen=True)
+class Denied:
+    """Pre-rollout verification refused the release; every reason is kept."""
+
+    reasons: tuple[str, ...]
+
+
+@dataclass(frozen=True)
 class Observation:
     """What the platform reported while the engine waited for it."""
 
@@ -80,7 +87,18 @@ class Tick:
     """Time passed; deadlines may have expired."""
 
 
-Event = Begin | Verified | Observation | Settled | Analysed | CanaryStopped | AbortRequested | PlatformFailed | Tick
+Event = (
+    Begin
+    | Verified
+    | Denied
+    | Observation
+    | Settled
+    | Analysed
+    | CanaryStopped
+    | AbortRequested
+    | PlatformFailed
+    | Tick
+)
 
 
 def decide(p: Promotion, event: Event, now: float) -> Promotion:
@@ -173,6 +191,14 @@ def _verified(p: Promotion, event: Event, now: float) -> Promotion:
     return _start_step(p, 0, now, prefix=f"verified ({event.note}); ")
 
 
+def _denied(p: Promotion, event: Event, now: float) -> Promotion:
+    if p.phase is not Phase.VERIFYING:
+        return p
+    assert isinstance(event, Denied)
+    reasons = "; ".join(event.reasons) or "no reason given"
+    return _finish(p, Phase.DENIED, now, f"denied before any replica started: {reasons}")
+
+
 def _observation(p: Promotion, event: Event, now: float) -> Promotion:
     assert isinstance(event, Observation)
     obs = event.observed
@@ -244,6 +270,7 @@ def _tick(p: Promotion, _: Event, __: float) -> Promotion:
 _HANDLERS: dict[type, Callable[[Promotion, Event, float], Promotion]] = {
     Begin: _begin,
     Verified: _verified,
+    Denied: _denied,
     Observation: _observation,
     Settled: _settled,
     Analysed: _analysed,

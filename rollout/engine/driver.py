@@ -30,6 +30,9 @@ log = logging.getLogger(__name__)
 GateFactory = Callable[[Promotion], Sequence[Gate]]
 """Builds the gates that judge a promotion's steps (from its environment's ``gates``)."""
 
+Verifier = Callable[[Promotion], Awaitable["d.Verified | d.Denied"]]
+"""Decides before any replica starts whether the release may enter the promotion's environment."""
+
 
 class EngineHooks(Protocol):
     """Told of every persisted change, for metrics and notifications. Must not block or raise."""
@@ -81,8 +84,10 @@ class Driver:
         hooks: EngineHooks,
         clock: Callable[[], float],
         settings: DriverSettings,
+        verifier: Verifier | None = None,
     ) -> None:
         self.promotion = promotion
+        self._verifier = verifier
         self._store = store
         self._platform = platform
         self._gates = gates
@@ -159,7 +164,7 @@ class Driver:
         if p.phase is Phase.PENDING:
             return d.Begin()
         if p.phase is Phase.VERIFYING:
-            return d.Verified()
+            return await self._verify(p)
         if p.phase is Phase.PROMOTING:
             return await self._promote()
         if p.phase is Phase.ABORTING:
@@ -170,6 +175,18 @@ class Driver:
             await self._sleep_until(p.phase_since + p.plan[p.step].pause)
             return d.Settled()
         return await self._analyse()
+
+    async def _verify(self, p: Promotion) -> d.Event:
+        """Run the pre-rollout verification; anything but a clean answer is a denial (fail closed)."""
+        if self._verifier is None:
+            return d.Verified()
+        try:
+            return await self._verifier(p)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.exception("verification of %s failed", p.target)
+            return d.Denied((f"verification could not complete: {type(exc).__name__}: {exc}",))
 
     async def _scale(self) -> d.Event:
         p = self.promotion

@@ -14,12 +14,12 @@ import dataclasses
 import logging
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 
 from vouch.core.errors import ConflictError, InputError, NotFoundError, PlatformUnavailable
 from vouch.rollout.config import EnvironmentSpec, ServiceSpec
 from vouch.rollout.engine.decide import can_abort
-from vouch.rollout.engine.driver import Driver, DriverSettings, EngineHooks, GateFactory, NoHooks
+from vouch.rollout.engine.driver import Driver, DriverSettings, EngineHooks, GateFactory, NoHooks, Verifier
 from vouch.rollout.engine.plan import resolve_limits, resolve_plan
 from vouch.rollout.model import Target
 from vouch.rollout.platforms.base import Platform
@@ -47,6 +47,8 @@ class Engine:
         hooks: EngineHooks | None = None,
         clock: Callable[[], float] = time.time,
         settings: DriverSettings | None = None,
+        verifier: Verifier | None = None,
+        after_success: Callable[[Promotion, Release], Awaitable[None]] | None = None,
     ) -> None:
         self._store = store
         self._platform = platform
@@ -56,6 +58,8 @@ class Engine:
         self._hooks = hooks or NoHooks()
         self._clock = clock
         self._settings = settings or DriverSettings()
+        self._verifier = verifier
+        self._after_success = after_success
         self._drivers: dict[str, Driver] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._group: asyncio.TaskGroup | None = None
@@ -84,8 +88,21 @@ class Engine:
 
     # ----------------------------------------------------------------- requests
 
-    async def submit(self, *, service: str, version: str, environment: str | None, actor: str) -> Release:
-        """Start a release of ``version``: through the whole chain, or only ``environment``."""
+    async def submit(
+        self,
+        *,
+        service: str,
+        version: str,
+        environment: str | None,
+        actor: str,
+        artifact: Mapping[str, str] | None = None,
+        commit: Mapping[str, str | None] | None = None,
+    ) -> Release:
+        """Start a release of ``version``: through the whole chain, or only ``environment``.
+
+        ``artifact`` (``name``, ``digest``) and ``commit`` (``sha``, ``merge``, ``pr_head``) are what
+        the attestations gate checks; a release without them can only pass environments that do not.
+        """
         spec = self._service(service)
         chain = tuple(env.name for env in spec.environments)
         if environment is not None and environment not in chain:
@@ -100,7 +117,17 @@ class Engine:
             if stable == version:
                 raise InputError(f"{version} is already the stable version of {first}")
             now = self._clock()
-            release = Release(new_id("r"), service, version, environments, actor=actor, created_at=now, updated_at=now)
+            release = Release(
+                new_id("r"),
+                service,
+                version,
+                environments,
+                actor=actor,
+                created_at=now,
+                updated_at=now,
+                artifact=dict(artifact) if artifact else None,
+                commit=dict(commit) if commit else None,
+            )
             await self._store.create_release(release)
             promotion = self._new_promotion(release, environments[0], stable, now)
             try:
@@ -185,6 +212,7 @@ class Engine:
             hooks=self._hooks,
             clock=self._clock,
             settings=self._settings,
+            verifier=self._verifier,
         )
         self._drivers[promotion.id] = driver
         self._group.create_task(self._supervise(driver), name=f"promotion:{promotion.id}")
@@ -212,10 +240,12 @@ class Engine:
         release = await self._store.get_release(promotion.release_id)
         if release.phase.terminal:
             return
-        if promotion.phase is Phase.ROLLED_BACK:
+        if promotion.phase in (Phase.ROLLED_BACK, Phase.DENIED):
             why = promotion.abort.reason if promotion.abort else promotion.message
             await self._finish_release(release, ReleasePhase.FAILED, f"stopped at {promotion.environment}: {why}")
             return
+        if self._after_success is not None:
+            await self._after_success(promotion, release)
         index = release.environments.index(promotion.environment)
         if index + 1 >= len(release.environments):
             await self._finish_release(

@@ -261,3 +261,14 @@ def test_a_platform_failure_while_promoting_rolls_back_instead_of_retrying_forev
     assert d.wake_at(p) is None, "a proven version keeps converging while promoting"
     p = d.decide(p, d.PlatformFailed("cannot start replica"), T0 + 11)
     assert (p.phase, p.abort.cause) == (Phase.ABORTING, "platform")
+
+
+def test_a_denied_release_ends_before_any_step_with_every_reason():
+    p = d.decide(promotion(), d.Begin(), T0)
+    p = d.decide(p, d.Denied(("vulnerability-scan missing", "coverage 41% below 80%")), T0 + 1)
+    assert p.phase is Phase.DENIED
+    assert p.phase.terminal
+    assert p.steps_completed == 0
+    assert "vulnerability-scan missing" in p.message
+    assert "coverage 41% below 80%" in p.message
+    assert d.decide(p, d.Verified(), T0 + 2) == p

@@ -11,7 +11,7 @@ import asyncio
 import dataclasses
 import itertools
 import threading
-from collections.abc import AsyncIterator, Coroutine, Iterator
+from collections.abc import AsyncIterator, Coroutine, Iterator, Mapping
 from contextlib import asynccontextmanager, contextmanager
 from typing import Any, TypeVar
 
@@ -192,7 +192,16 @@ class FakeController:
     def ready(self) -> bool:
         return self.is_ready
 
-    async def submit(self, *, service: str, version: str, environment: str | None, actor: str) -> Release:
+    async def submit(
+        self,
+        *,
+        service: str,
+        version: str,
+        environment: str | None,
+        actor: str,
+        artifact: Mapping[str, str] | None = None,
+        commit: Mapping[str, str | None] | None = None,
+    ) -> Release:
         self.actors.append(actor)
         if service == "boom":
             raise RuntimeError("secret internal detail")
