@@ -23,7 +23,9 @@ import typer
 from rich.console import Console
 
 from vouch.core.errors import ConfigError, ConflictError, VouchError
+from vouch.daemon.attestcmd import attest_app
 from vouch.daemon.auth import read_client_token
+from vouch.daemon.checkcmd import check_app
 from vouch.daemon.client import VouchClient
 from vouch.daemon.config import VouchConfig, load_config
 from vouch.daemon.configcmd import config_app
@@ -45,6 +47,8 @@ app = typer.Typer(
 )
 app.add_typer(config_app, name="config")
 app.add_typer(probe_app, name="probe")
+app.add_typer(check_app, name="check")
+app.add_typer(attest_app, name="attest")
 
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 out = Console(highlight=False, soft_wrap=True)
