@@ -1,0 +1,195 @@
+"""One promotion's attestation decision: verify 20 signed attestations, then evaluate the default policy.
+
+The 20 attestations are what a production promotion reads: one per required
+step (build provenance, tests, DCO, signed commits, vulnerability and secret
+scans, coverage, review approval, ephemeral-environment health, network tests,
+vouch's own "deployed to staging") plus nine more test suites. Each is an
+in-toto Statement in a DSSE envelope signed here with a fresh local ed25519 key,
+and verified through ``vouch.rollout.attestations.verify`` (signature, payload
+type, subject, predicate schema) exactly as the attestations gate does. The
+decision is then taken by the embedded Rego engine with vouch's default policy.
+
+Timed per repetition, after a warm-up: ``verify_ms`` for the 20 verifications,
+``input_ms`` to build the policy input, ``policy_eval_ms`` for the policy
+decision (canonical JSON of the input, handing it to regopy, evaluation and
+reading the answer), and ``total_ms`` for all three. Medians are reported.
+``policy_floor_ms`` is the same evaluation with a policy that reads nothing of
+its input: what handing the input to regopy costs before any rule runs.
+Targets: total under 100 ms, policy evaluation under 1 ms.
+
+    python benchmarks/policy_decision.py [--repeats 200]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from vouch.rollout.attestations.dsse import sign_statement
+from vouch.rollout.attestations.keys import generate_keypair, load_signer
+from vouch.rollout.attestations.model import Attestation, RawAttestation, Rejected, Statement, Subject
+from vouch.rollout.attestations.predicates import predicate_type_for
+from vouch.rollout.attestations.verify import AttestationVerifier, KeySpec, TrustSpec
+from vouch.rollout.policy.base import Decision
+from vouch.rollout.policy.input import policy_input
+from vouch.rollout.policy.rego import RegoPolicy
+
+ARTIFACT = "sha256:" + "ab" * 32
+COMMIT = "1f" * 20
+WARMUP = 20
+TARGET_TOTAL_MS = 100.0
+TARGET_POLICY_EVAL_MS = 1.0
+FLOOR_POLICY = 'package vouch\n\ndecision := {"allow": true, "denials": set()}\n'
+
+
+def predicates(commit: str) -> list[tuple[str, dict[str, Any]]]:
+    """(step, predicate) for a production promotion whose every step passed: 11 steps, then 9 more test suites."""
+    git = [{"uri": "git+https://git.example.com/checkout", "digest": {"gitCommit": commit}}]
+    approver = {"name": "bob", "commit": commit}
+    steps: list[tuple[str, dict[str, Any]]] = [
+        (
+            "build",
+            {
+                "buildDefinition": {"buildType": "https://ci.example.com/build/v1", "resolvedDependencies": git},
+                "runDetails": {"builder": {"id": "https://ci.example.com/runner"}},
+            },
+        ),
+        ("dco", {"commit": commit, "passed": True, "commits": [{"sha": commit, "signed_off": True}]}),
+        ("signed-commits", {"commit": commit, "passed": True, "commits": [{"sha": commit, "verified": True}]}),
+        (
+            "vulnerability-scan",
+            {
+                "scanner": {
+                    "uri": "pkg:github/aquasecurity/trivy@0.50.0",
+                    "result": [{"id": "CVE-2024-0001", "severity": [{"method": "nvd", "score": "MEDIUM"}]}],
+                }
+            },
+        ),
+        ("secret-scan", {"commit": commit, "scanner": {"name": "gitleaks"}, "findings": []}),
+        ("coverage", {"commit": commit, "percent": 91.5}),
+        ("review-approval", {"commit": commit, "author": "ann", "approvers": [approver]}),
+        ("ephemeral-environment-health", {"commit": commit, "healthy": True}),
+        ("network-tests", {"commit": commit, "result": "PASSED", "passed": 12, "failed": 0}),
+        (
+            "deployed",
+            {
+                "commit": commit,
+                "environment": "staging",
+                "service": "checkout",
+                "version": "2.4.1",
+                "promotion_id": "p-1",
+                "steps": [{"label": "100%"}],
+                "finished_at": "2026-03-01T11:00:00Z",
+            },
+        ),
+    ]
+    for suite in range(10):
+        configuration = [{"name": f"suite-{suite}", "digest": {"gitCommit": commit}}]
+        result = {"result": "PASSED", "configuration": configuration, "passedTests": [f"test_{suite}"]}
+        steps.append(("tests", result))
+    return steps
+
+
+def signed_documents(key_path: Path) -> list[RawAttestation]:
+    signer = load_signer(key_path)
+    subject = Subject(name="checkout", digest={"sha256": ARTIFACT.removeprefix("sha256:")})
+    documents = []
+    for index, (step, predicate) in enumerate(predicates(COMMIT)):
+        statement = Statement(subjects=(subject,), predicate_type=predicate_type_for(step), predicate=predicate)
+        envelope = sign_statement(statement, [signer])
+        documents.append(RawAttestation(f"attestations/{index:02d}-{step}.json", json.dumps(envelope).encode()))
+    return documents
+
+
+def build_input(results: list[Attestation | Rejected]) -> dict[str, Any]:
+    return policy_input(
+        environment="production",
+        service="checkout",
+        version="2.4.1",
+        artifact={"name": "checkout", "digest": ARTIFACT},
+        commit={"sha": COMMIT, "merge": "fast-forward", "pr_head": COMMIT, "author": "ann"},
+        attestations=[r for r in results if isinstance(r, Attestation)],
+        rejected=[r for r in results if isinstance(r, Rejected)],
+        now=datetime.now(UTC),
+    )
+
+
+def once(
+    verifier: AttestationVerifier, policy: RegoPolicy, documents: list[RawAttestation]
+) -> tuple[float, float, float, Decision]:
+    """One decision: (verify_ms, input_ms, policy_eval_ms, decision)."""
+    start = time.perf_counter()
+    results = [verifier.verify(raw, subject_digest=ARTIFACT) for raw in documents]
+    verified = time.perf_counter()
+    document = build_input(results)
+    built = time.perf_counter()
+    decision = policy.evaluate(document)
+    decided = time.perf_counter()
+    return (verified - start) * 1000, (built - verified) * 1000, (decided - built) * 1000, decision
+
+
+def floor(documents: list[RawAttestation], verifier: AttestationVerifier, repeats: int = 50) -> float:
+    """Median ms to evaluate a policy that reads nothing, on the same input: regopy's cost of taking the input."""
+    results = [verifier.verify(raw, subject_digest=ARTIFACT) for raw in documents]
+    document = build_input(results)
+    policy = RegoPolicy({"floor.rego": FLOOR_POLICY})
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        policy.evaluate(document)
+        times.append((time.perf_counter() - start) * 1000)
+    return statistics.median(times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repeats", type=int, default=200)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="vouch-bench-policy-") as tmp:
+        pair = generate_keypair(Path(tmp) / "ci.key")
+        verifier = AttestationVerifier(TrustSpec(keys=[KeySpec(path=str(pair.public_path))]))
+        documents = signed_documents(pair.private_path)
+    policy = RegoPolicy.default()
+    first = [verifier.verify(raw, subject_digest=ARTIFACT) for raw in documents]
+    rejected = [r.reason for r in first if isinstance(r, Rejected)]
+    if rejected:
+        raise SystemExit(f"the benchmark's own attestations were rejected: {rejected}")
+    for _ in range(WARMUP):
+        once(verifier, policy, documents)
+    runs = [once(verifier, policy, documents) for _ in range(args.repeats)]
+    denied = [decision for *_, decision in runs if not decision.allow]
+    if denied:
+        raise SystemExit(f"the decision was a deny: {denied[0].denials}")
+    verify_ms, input_ms, eval_ms = (statistics.median(column) for column in list(zip(*runs, strict=True))[:3])
+    floor_ms = floor(documents, verifier)
+    total = [v + i + e for v, i, e, _ in runs]
+    total_ms = statistics.median(total)
+    print(f"{len(documents)} DSSE attestations (ed25519), production policy, {args.repeats} decisions after {WARMUP}")
+    print(f"verify {verify_ms:.2f} ms | input {input_ms:.2f} ms | policy {eval_ms:.2f} ms | total {total_ms:.2f} ms")
+    print(f"policy floor (same input, a policy that reads none of it) {floor_ms:.2f} ms")
+    result = {
+        "benchmark": "policy_decision",
+        "attestations": len(documents),
+        "repeats": args.repeats,
+        "total_ms": round(total_ms, 3),
+        "policy_eval_ms": round(eval_ms, 3),
+        "verify_ms": round(verify_ms, 3),
+        "input_ms": round(input_ms, 3),
+        "policy_floor_ms": round(floor_ms, 3),
+        "total_p95_ms": round(statistics.quantiles(total, n=20)[18], 3),
+        "target_total_ms": TARGET_TOTAL_MS,
+        "target_policy_eval_ms": TARGET_POLICY_EVAL_MS,
+        "total_target_met": total_ms < TARGET_TOTAL_MS,
+        "policy_eval_target_met": eval_ms < TARGET_POLICY_EVAL_MS,
+    }
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,112 @@
+"""``vouch policy eval|schema``: run a policy on an input document, for CI and for debugging a denial.
+
+``eval`` evaluates the embedded Rego engine exactly as the attestations gate
+does (strict builtins; undefined, errors and malformed answers deny) and prints
+the decision with every reason. Exit codes follow vouch's: 0 allowed, 1 denied,
+2 for a usage error, an unreadable input or an invalid policy.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any, NoReturn
+
+import typer
+
+from vouch.core.errors import ConfigError
+from vouch.rollout.policy.base import Decision
+from vouch.rollout.policy.input import input_schema
+from vouch.rollout.policy.rego import DEFAULT_QUERY, RegoPolicy
+
+EXIT_DENIED = 1
+EXIT_USAGE = 2
+
+policy_app = typer.Typer(
+    name="policy",
+    help=(
+        "Evaluate a Rego policy on a policy input, or print the input's JSON Schema.\n\n"
+        "Example: vouch policy eval --input input.json --policy policies/"
+    ),
+    no_args_is_help=True,
+    add_completion=False,
+)
+
+
+@policy_app.command("eval")
+def evaluate(
+    input_file: Annotated[
+        Path,
+        typer.Option("--input", "-i", help="The policy input (JSON; see `vouch policy schema`).", show_default=False),
+    ],
+    policy: Annotated[
+        Path | None,
+        typer.Option("--policy", "-p", help="A directory of .rego files, or one file. Default: vouch's own policy."),
+    ] = None,
+    query: Annotated[str, typer.Option("--query", help="The rule whose value is the decision.")] = DEFAULT_QUERY,
+    as_json: Annotated[
+        bool,
+        typer.Option(
+            "--json", help="Print the decision as JSON {allow, denials, input_digest, policy_digest, elapsed}."
+        ),
+    ] = False,
+) -> None:
+    """Decide on an input and print allow or deny with every reason.
+
+    Exits 0 when allowed, 1 when denied, 2 when the input cannot be read or the policy is invalid.
+
+    Example: vouch policy eval --input input.json --json
+    """
+    document = _read_input(input_file)
+    try:
+        engine = RegoPolicy.default(query=query) if policy is None else RegoPolicy.from_path(policy, query=query)
+    except ConfigError as exc:
+        _usage("invalid policy:\n" + "\n".join(f"  {p}" for p in exc.problems))
+    decision = engine.evaluate(document)
+    if as_json:
+        typer.echo(json.dumps(decision.to_dict(), indent=2))
+    else:
+        typer.echo(render(decision))
+    if not decision.allow:
+        raise typer.Exit(EXIT_DENIED)
+
+
+@policy_app.command("schema")
+def schema() -> None:
+    """Print the JSON Schema (draft 2020-12) of the policy input.
+
+    Example: vouch policy schema > policy-input.schema.json
+    """
+    typer.echo(json.dumps(input_schema(), indent=2))
+
+
+def render(decision: Decision) -> str:
+    """The decision for people: the verdict, each reason on its own line, then what was evaluated.
+
+    >>> print(render(Decision(False, ("staging: step 'tests' is missing",), "sha256:aa", "sha256:bb", 0.0021)))
+    denied (2.1 ms)
+      - staging: step 'tests' is missing
+    input  sha256:aa
+    policy sha256:bb
+    """
+    lines = [f"{'allowed' if decision.allow else 'denied'} ({decision.elapsed * 1000:.1f} ms)"]
+    lines += [f"  - {reason}" for reason in decision.denials]
+    lines += [f"input  {decision.input_digest}", f"policy {decision.policy_digest}"]
+    return "\n".join(lines)
+
+
+def _read_input(path: Path) -> dict[str, Any]:
+    try:
+        document = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        _usage(f"{path}: cannot read the input: {exc.strerror or exc}")
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        _usage(f"{path}: the input is not JSON: {exc}")
+    if not isinstance(document, dict):
+        _usage(f"{path}: the input must be a JSON object, got {type(document).__name__}")
+    return document
+
+
+def _usage(message: str) -> NoReturn:
+    typer.echo(f"vouch policy: {message}", err=True)
+    raise typer.Exit(EXIT_USAGE)

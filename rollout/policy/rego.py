@@ -1,0 +1,274 @@
+"""The embedded policy engine: Rego evaluated in-process by regopy (rego-cpp), failing closed.
+
+regopy is easy to misread, so every answer is checked for what it actually is:
+
+- an undefined result still reports ``ok()``: it is a deny, "policy gave no decision";
+- a builtin that fails (or one regopy lacks, such as ``http.send``) is undefined
+  unless ``strict_built_in_errors`` is on: it is on, so it is an error, and a deny
+  quoting the error;
+- a function regopy does not know comes back as ``ok()`` with an error tree where
+  the JSON should be: a deny quoting the error;
+- Rego v0 syntax is partly accepted with another meaning (``deny[msg] { ... }``
+  defines an object): the decision's shape is checked, and a wrong one is a deny
+  naming what came back.
+
+The policy is compiled once into a bundle; each decision sets the input (the
+exact canonical JSON whose digest the decision records) and runs the bundle.
+
+Example::
+
+    policy = RegoPolicy.default()
+    decision = await policy.decide(policy_input(...))
+    if not decision.allow:
+        print("\\n".join(decision.denials))
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import threading
+import time
+from collections.abc import Iterator, Mapping
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import regopy  # type: ignore[import-untyped]
+
+from vouch.core.errors import ConfigError, Problem
+from vouch.rollout.policy.base import Decision
+from vouch.rollout.policy.input import UNDEFINED, canonical_json, read_decision
+
+DEFAULT_QUERY = "data.vouch.decision"
+"""The rule whose value is the decision document ``{"allow": bool, "denials": [str, ...]}``."""
+
+_ERROR_TOKEN = re.compile(rb"\((errormsg|error) (\d+):")
+_LOCATION = re.compile(rb"\|(\d+)\|(\d+)")
+
+
+class RegoPolicy:
+    """A Rego policy compiled once and evaluated in-process; see the module docstring for its traps.
+
+    ``sources`` maps a module name (a file name, shown in errors) to its Rego
+    text. An invalid policy is a :class:`ConfigError` naming the file and line,
+    raised here, at configuration time, never at decision time.
+
+    >>> policy = RegoPolicy({"p.rego": 'package vouch\\ndecision := {"allow": false, "denials": {"no"}}'})
+    >>> policy.evaluate({}).denials
+    ('no',)
+    >>> RegoPolicy({"p.rego": "package vouch\\nx := 1"}).evaluate({}).denials
+    ('policy gave no decision (undefined)',)
+    """
+
+    def __init__(self, sources: Mapping[str, str], *, query: str = DEFAULT_QUERY) -> None:
+        if not sources:
+            raise ConfigError([Problem("policy", None, "", "no Rego sources to evaluate")])
+        self._sources = dict(sorted(sources.items()))
+        self.query = query
+        self.policy_digest = policy_digest(self._sources)
+        self._builder = _interpreter()
+        self._bundle = _compile(self._builder, self._sources, query)
+        self._runner = _interpreter()
+        self._lock = threading.Lock()
+
+    @classmethod
+    def from_path(cls, path: str | Path, *, query: str = DEFAULT_QUERY) -> RegoPolicy:
+        """The policy in ``path``: one ``.rego`` file, or every ``.rego`` file under a directory.
+
+        Files ending ``_test.rego`` (OPA's unit tests) are left out.
+        """
+        return cls(read_sources(path), query=query)
+
+    @classmethod
+    def default(cls, *, query: str = DEFAULT_QUERY) -> RegoPolicy:
+        """The default policy shipped with vouch (``rollout/policy/default/``)."""
+        folder = resources.files("vouch.rollout.policy.default")
+        sources = {
+            item.name: item.read_text(encoding="utf-8")
+            for item in folder.iterdir()
+            if item.name.endswith(".rego") and not item.name.endswith("_test.rego")
+        }
+        return cls(sources, query=query)
+
+    @property
+    def sources(self) -> Mapping[str, str]:
+        return dict(self._sources)
+
+    async def decide(self, input: Mapping[str, Any]) -> Decision:
+        """Evaluate the policy on ``input``.
+
+        regopy is synchronous, and one evaluation of the default policy takes
+        well under a millisecond (``benchmarks/policy_decision.py``): less than
+        handing it to a thread would cost, so it runs inline on the event loop.
+        """
+        return self.evaluate(input)
+
+    def evaluate(self, input: Mapping[str, Any]) -> Decision:
+        """Evaluate the policy on ``input``, synchronously (for the CLI and benchmarks). Never raises."""
+        start = time.perf_counter()
+        try:
+            text = canonical_json(input)
+        except (TypeError, ValueError) as exc:
+            denial = f"policy input is not a JSON document: {exc}"
+            return Decision(False, (denial,), "", self.policy_digest, time.perf_counter() - start)
+        allow, denials = self._run(text)
+        return Decision(
+            allow=allow,
+            denials=denials,
+            input_digest="sha256:" + hashlib.sha256(text.encode()).hexdigest(),
+            policy_digest=self.policy_digest,
+            elapsed=time.perf_counter() - start,
+        )
+
+    async def close(self) -> None:
+        """Nothing to release: the interpreters go with the object."""
+
+    def _run(self, text: str) -> tuple[bool, tuple[str, ...]]:
+        # Any failure inside regopy is a deny with its text: this is the boundary where fail-closed is kept.
+        try:
+            with self._lock:
+                self._runner.set_input_term(text)
+                output = self._runner.query_bundle(self._bundle)
+                if not output.ok():
+                    return False, _failed(_output_errors(output))
+                rendered = str(output)
+                results = [list(result.expressions) for result in output.results]
+        except json.JSONDecodeError as exc:
+            # ok() was true but the result is an error tree, not JSON (an unknown function, for one).
+            return False, _failed([m for _, _, m in parse_errors(exc.doc)] or [f"unreadable result {exc.doc[:200]!r}"])
+        except Exception as exc:
+            return False, _failed([m for _, _, m in parse_errors(str(exc))] or [f"{type(exc).__name__}: {exc}"])
+        if rendered == "undefined":
+            return False, (UNDEFINED,)
+        if len(results) != 1 or len(results[0]) != 1:
+            return False, (f"policy query {self.query!r} gave {rendered[:200]}; expected exactly one decision",)
+        return read_decision(results[0][0])
+
+
+def policy_digest(sources: Mapping[str, str]) -> str:
+    """``sha256:HEX`` of the sources' texts concatenated in name order.
+
+    For a directory that is ``cat $(ls *.rego | LC_ALL=C sort) | sha256sum``,
+    so anyone can check which policy a stored decision was made with.
+
+    >>> policy_digest({"b.rego": "B", "a.rego": "A"}) == policy_digest({"x.rego": "AB"})
+    True
+    """
+    digest = hashlib.sha256()
+    for name in sorted(sources):
+        digest.update(sources[name].encode())
+    return "sha256:" + digest.hexdigest()
+
+
+def read_sources(path: str | Path) -> dict[str, str]:
+    """The Rego files at ``path`` by name (relative to a directory), as :class:`RegoPolicy` takes them."""
+    root = Path(path)
+    try:
+        if root.is_dir():
+            files = sorted(p for p in root.rglob("*.rego") if not p.name.endswith("_test.rego"))
+            sources = {p.relative_to(root).as_posix(): p.read_text(encoding="utf-8") for p in files}
+        else:
+            sources = {root.name: root.read_text(encoding="utf-8")}
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError([Problem(str(root), None, "", f"cannot read the policy: {exc}")]) from exc
+    if not sources:
+        raise ConfigError([Problem(str(root), None, "", "no .rego files in this directory")])
+    return sources
+
+
+def parse_errors(text: str) -> list[tuple[str | None, int | None, str]]:
+    """``(module, offset, message)`` of each error in regopy's error tree text.
+
+    regopy renders errors as an s-expression whose atoms are length-prefixed
+    (``(errormsg 16:this is unclosed)``), so they are read by length, not by
+    looking for a closing parenthesis that a message may itself contain.
+
+    >>> parse_errors("(rego-errorseq (error 6:m.rego|26|1 (errormsg 16:this is unclosed) (errorast |26|1)))")
+    [('m.rego', 26, 'this is unclosed')]
+    """
+    data = text.encode()
+    found: list[tuple[str | None, int | None, str]] = []
+    module: str | None = None
+    offset: int | None = None
+    position = 0
+    while match := _ERROR_TOKEN.search(data, position):
+        start, size = match.end(), int(match.group(2))
+        atom = data[start : start + size].decode(errors="replace")
+        position = start + size
+        if match.group(1) == b"errormsg":
+            found.append((module, offset, atom))
+            module, offset = None, None
+            continue
+        module = atom
+        location = _LOCATION.match(data, position)
+        if location:
+            offset = int(location.group(1))
+            position = location.end()
+    return found
+
+
+def _interpreter() -> Any:
+    interpreter = regopy.Interpreter()
+    interpreter.strict_built_in_errors = True
+    # regopy's default log level prints evaluation errors on stdout, which belongs to `--json` output.
+    interpreter.log_level = regopy.LogLevel.NONE
+    return interpreter
+
+
+def _compile(interpreter: Any, sources: Mapping[str, str], query: str) -> Any:
+    """Add every module and build the bundle; a compile error is a :class:`ConfigError` at its line."""
+    try:
+        for name, text in sources.items():
+            interpreter.add_module(name, text)
+        bundle = interpreter.build(query)
+    except regopy.RegoError as exc:
+        raise ConfigError(_problems(str(exc), sources)) from exc
+    if not bundle.ok():
+        raise ConfigError([Problem("policy", None, "", f"regopy could not build the query {query!r}")])
+    return bundle
+
+
+def _problems(text: str, sources: Mapping[str, str]) -> list[Problem]:
+    problems = []
+    for module, offset, message in parse_errors(text) or [(None, None, text.strip())]:
+        line = None
+        if module is not None and module in sources and offset is not None:
+            line = sources[module].encode()[:offset].count(b"\n") + 1
+        problems.append(Problem(module or "policy", line, "", message))
+    return problems
+
+
+def _output_errors(output: Any) -> list[str]:
+    """The messages (and codes) of a failed evaluation, read from regopy's error nodes."""
+    try:
+        return list(_walk_errors(output.node()))
+    except Exception:  # the deny stands; only its wording is lost
+        return []
+
+
+def _walk_errors(node: Any) -> Iterator[str]:
+    kind = node.kind
+    if kind == regopy.NodeKind.Error:
+        parts = {node.at(i).kind: _node_text(node.at(i)) for i in range(len(node))}
+        message = parts.get(regopy.NodeKind.ErrorMessage) or "unknown error"
+        code = parts.get(regopy.NodeKind.ErrorCode)
+        yield f"{message} ({code})" if code else message
+    elif kind == regopy.NodeKind.ErrorSeq:
+        for i in range(len(node)):
+            yield from _walk_errors(node.at(i))
+
+
+def _node_text(node: Any) -> str:
+    # regopy's Node.value only reads scalars; an error message's text is read through its C API binding.
+    try:
+        return str(regopy.rego_shared.rego_node_value(node._impl))
+    except Exception:
+        return ""
+
+
+def _failed(messages: list[str]) -> tuple[str, ...]:
+    if not messages:
+        return ("policy evaluation failed, and regopy gave no reason",)
+    return tuple(dict.fromkeys(f"policy evaluation failed: {m}" for m in messages))
