@@ -42,9 +42,10 @@ class ArtifactRef(_Body):
 
 
 class CommitRef(_Body):
-    sha: str = Field(pattern=r"^[0-9a-f]{7,64}$")
+    sha: str = Field(pattern=r"^([0-9a-f]{40}|[0-9a-f]{64})$")
+    """The full commit id: attestations name full ids, and a short one could be forged to match."""
     merge: Literal["fast-forward", "non-fast-forward"] | None = None
-    pr_head: str | None = Field(default=None, pattern=r"^[0-9a-f]{7,64}$")
+    pr_head: str | None = Field(default=None, pattern=r"^([0-9a-f]{40}|[0-9a-f]{64})$")
 
 
 class SubmitRequest(_Body):

@@ -27,8 +27,11 @@ from vouch.daemon.metrics import DaemonMetrics
 from vouch.daemon.probewatch import Freshness, ProbeWatch
 from vouch.daemon.probing import Probing
 from vouch.daemon.store.sqlite import SqliteStore
+from vouch.daemon.verification import DeployedAttester, ReleaseVerification
 from vouch.probes.scheduler import ProbeRun
 from vouch.rollout.alarms import AlertBook
+from vouch.rollout.attestations.sources import AttestationSource, DirectorySourceSpec, build_source
+from vouch.rollout.attestations.verify import AttestationVerifier, TrustSpec
 from vouch.rollout.engine.driver import DriverSettings
 from vouch.rollout.engine.runner import Engine
 from vouch.rollout.gates import build_gates
@@ -38,6 +41,8 @@ from vouch.rollout.metrics.base import MetricProvider
 from vouch.rollout.model import Verdict
 from vouch.rollout.platforms.local import LocalPlatform
 from vouch.rollout.platforms.traffic import TrafficRecorder
+from vouch.rollout.policy import PolicySpec, RegoPolicySpec, build_policy
+from vouch.rollout.policy.base import PolicyEngine
 from vouch.rollout.state import Event, Promotion, StepRecord
 
 log = logging.getLogger("vouch.daemon")
@@ -107,6 +112,7 @@ async def serve(
     alerts = AlertBook()
     events = EventSink(store)
     probing = Probing(config, platform, registry, on_change=lambda run: _probe_changed(events, run))
+    trust = _Trust.of(config, store)
     metrics = DaemonMetrics(registry)
     metrics.reset(await store.list_promotions(active=True, limit=100_000))
     engine = Engine(
@@ -117,6 +123,8 @@ async def serve(
         gates=_gate_factory(config, providers, alerts, probing),
         hooks=_Hooks(metrics),
         settings=settings,
+        verifier=trust.verification,
+        after_success=trust.attester,
     )
     controller = DaemonController(
         engine=engine, store=store, alerts=alerts, environments=config.environments, metrics=metrics
@@ -142,7 +150,56 @@ async def serve(
             if on_ready is not None:
                 on_ready(DaemonInfo(url=url, token=token, state_dir=state))
     finally:
-        await asyncio.shield(_shutdown(runner, platform, providers, store))
+        await asyncio.shield(_shutdown(runner, platform, providers, trust, store))
+
+
+@dataclass
+class _Trust:
+    """The attestations gate's parts, built once: the source, the verifier, a policy per environment."""
+
+    source: AttestationSource
+    verification: ReleaseVerification | None
+    attester: DeployedAttester | None
+    policies: list[PolicyEngine]
+
+    @classmethod
+    def of(cls, config: VouchConfig, store: SqliteStore) -> _Trust:
+        spec = config.attestations
+        if spec.source is None or isinstance(spec.source, DirectorySourceSpec):
+            folder = config.state_path() / "attestations" if spec.source is None else config.resolve(spec.source.path)
+            source = build_source(DirectorySourceSpec(path=str(folder)))
+        else:
+            source = build_source(spec.source)
+        gated = {name: env for name, env in config.environments.items() if "attestations" in env.gates}
+        policies = {name: build_policy(_resolved_policy(config, env.policy)) for name, env in gated.items()}
+        verification = None
+        if gated:
+            verification = ReleaseVerification(
+                store=store,
+                source=source,
+                verifier=AttestationVerifier(_resolved_trust(config, spec.trust)),
+                policies=policies,
+                settings={name: env.policy_settings for name, env in gated.items()},
+            )
+        attester = None
+        if spec.signing_key is not None:
+            attester = DeployedAttester(key=config.resolve(spec.signing_key), source=source)
+        return cls(source, verification, attester, list(policies.values()))
+
+    async def close(self) -> None:
+        await asyncio.gather(self.source.close(), *(p.close() for p in self.policies))
+
+
+def _resolved_trust(config: VouchConfig, trust: TrustSpec) -> TrustSpec:
+    keys = [key.model_copy(update={"path": str(config.resolve(key.path))}) for key in trust.keys]
+    root = str(config.resolve(trust.trusted_root)) if trust.trusted_root else None
+    return trust.model_copy(update={"keys": keys, "trusted_root": root})
+
+
+def _resolved_policy(config: VouchConfig, policy: PolicySpec) -> PolicySpec:
+    if isinstance(policy, RegoPolicySpec) and policy.path is not None:
+        return policy.model_copy(update={"path": str(config.resolve(policy.path))})
+    return policy
 
 
 def _probe_changed(events: EventSink, run: ProbeRun) -> None:
@@ -182,9 +239,13 @@ def _watch(
 
 
 async def _shutdown(
-    runner: web.AppRunner, platform: LocalPlatform, providers: dict[str, MetricProvider], store: SqliteStore
+    runner: web.AppRunner,
+    platform: LocalPlatform,
+    providers: dict[str, MetricProvider],
+    trust: _Trust,
+    store: SqliteStore,
 ) -> None:
-    steps = [runner.cleanup, platform.stop, *(p.close for p in providers.values()), store.close]
+    steps = [runner.cleanup, platform.stop, *(p.close for p in providers.values()), trust.close, store.close]
     for step in steps:
         try:
             await step()

@@ -29,6 +29,7 @@ from vouch.daemon.checkcmd import check_app
 from vouch.daemon.client import VouchClient
 from vouch.daemon.config import VouchConfig, load_config
 from vouch.daemon.configcmd import config_app
+from vouch.daemon.policycmd import policy_app
 from vouch.daemon.probecmd import probe_app
 from vouch.daemon.render import print_status, render_event, status_rows, status_table
 
@@ -49,6 +50,7 @@ app.add_typer(config_app, name="config")
 app.add_typer(probe_app, name="probe")
 app.add_typer(check_app, name="check")
 app.add_typer(attest_app, name="attest")
+app.add_typer(policy_app, name="policy")
 
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 out = Console(highlight=False, soft_wrap=True)
@@ -179,7 +181,7 @@ def promote(
         str | None, typer.Option("--digest", help="The artifact's digest, sha256:HEX: what attestations are about.")
     ] = None,
     artifact_name: Annotated[str | None, typer.Option("--artifact-name", help="The artifact's name.")] = None,
-    commit: Annotated[str | None, typer.Option("--commit", help="The commit released.")] = None,
+    commit: Annotated[str | None, typer.Option("--commit", help="The full id of the commit released.")] = None,
     merge: Annotated[
         str | None, typer.Option("--merge", help="How it was merged: fast-forward or non-fast-forward.")
     ] = None,
@@ -198,7 +200,7 @@ def promote(
     With attestations gating an environment, name the artifact (`--digest`) and the commit (`--commit`,
     `--merge`, `--pr-head`): the policy checks the attestations made for them.
 
-    Example: vouch promote checkout 2.4.1 --digest sha256:ab12... --commit 9f3e2a1 --merge fast-forward --wait
+    Example: vouch promote checkout 2.4.1 --digest "sha256:$DIGEST" --commit "$(git rev-parse HEAD)" --wait
     """
     if (commit is None) and (merge is not None or pr_head is not None):
         fail("--merge and --pr-head describe a --commit; give it too", as_json=as_json)
@@ -345,11 +347,13 @@ def demo(
         Path | None, typer.Option("--state-dir", help="Where the demo keeps its state (default: a new temp folder).")
     ] = None,
 ) -> None:
-    """Tell the story of four releases on the local platform, in under two minutes.
+    """Tell the story of five releases on the local platform, in under two minutes.
 
     v1 is deployed to staging and production (10 replicas each) under steady traffic; v2 is released through
     both, step by step, to success; v3 fails 20% of requests and is rolled back by the SLO gate; v4 looks
-    healthy but trips an Alertmanager alarm and is rolled back by it. Needs nothing but this package.
+    healthy but trips an Alertmanager alarm and is rolled back by it; v5's vulnerability scan is signed by
+    an untrusted key and the policy refuses it before any pod starts. Every release is gated on signed
+    attestations; vouch signs its own when staging held. Needs nothing but this package.
 
     Example: vouch demo --json > demo.json
     """

@@ -39,6 +39,8 @@ from vouch.core.durations import Duration
 from vouch.core.errors import ConfigError, NotFoundError, Problem
 from vouch.core.settings import Model
 from vouch.probes.registry import ProbeDefinition
+from vouch.rollout.attestations.sources import SourceSpec
+from vouch.rollout.attestations.verify import TrustSpec
 from vouch.rollout.config import (
     NAME_PATTERN,
     BuiltinProviderSpec,
@@ -124,6 +126,18 @@ class DaemonSpec(Model):
         return value
 
 
+class AttestationsSpec(Model):
+    """Where release attestations are found, whom to trust, and the key vouch signs its own with."""
+
+    source: SourceSpec | None = None
+    """Where attestations are found (default: a ``directory`` under the state folder, ``attestations/``)."""
+    trust: TrustSpec = Field(default_factory=TrustSpec)
+    """Local public keys (with a threshold) and Sigstore identities trusted to sign attestations."""
+    signing_key: str | None = None
+    """vouch's own private key (PEM): when set, each environment a release held in is signed as a
+    ``deployed`` attestation the next environment's policy can require."""
+
+
 class ProbeWatchSpec(Model):
     """Meta-monitoring: check in Prometheus that every probe's series are fresh and report success."""
 
@@ -162,6 +176,8 @@ class VouchConfig(Model):
     them with ``service`` and ``environment``. Probes aimed at a service's replicas go under the service."""
     probe_watch: ProbeWatchSpec | None = None
     """Check in Prometheus that every probe's series are fresh (meta-monitoring)."""
+    attestations: AttestationsSpec = Field(default_factory=AttestationsSpec)
+    """The ``attestations`` gate: where attestations are found and whom to trust."""
 
     @field_validator("probes")
     @classmethod
@@ -186,7 +202,8 @@ class VouchConfig(Model):
         """The file this configuration was read from, if any."""
         return self._source
 
-    def _resolve(self, value: str) -> Path:
+    def resolve(self, value: str) -> Path:
+        """``value`` as a path; a relative one is taken against the configuration file's folder."""
         path = Path(value).expanduser()
         if path.is_absolute():
             return path
@@ -195,13 +212,13 @@ class VouchConfig(Model):
 
     def state_path(self) -> Path:
         """The state folder, relative paths taken against the configuration file's folder."""
-        return self._resolve(self.daemon.state_dir)
+        return self.resolve(self.daemon.state_dir)
 
     def token_path(self) -> Path:
         """The API token file: ``token_file``, or ``<state_dir>/token``."""
         if self.daemon.token_file is None:
             return self.state_path() / "token"
-        return self._resolve(self.daemon.token_file)
+        return self.resolve(self.daemon.token_file)
 
     def host_port(self) -> tuple[str, int]:
         """The API's listen address as ``(host, port)``."""

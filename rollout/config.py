@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import re
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, GetJsonSchemaHandler, field_validator, model_validator
 from pydantic.json_schema import JsonSchemaValue
@@ -18,6 +18,7 @@ from pydantic_core import CoreSchema
 from vouch.core.durations import Duration
 from vouch.core.settings import Model
 from vouch.probes.registry import ProbeDefinition
+from vouch.rollout.policy import PolicySpec, RegoPolicySpec
 
 NAME_PATTERN = r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"
 """Service and environment names: DNS labels, so they fit Kubernetes and metric labels alike."""
@@ -154,6 +155,12 @@ class EnvironmentSpec(Model):
     """How firing alerts are matched to promotions here."""
     progress_deadline: Duration = 600.0
     """Longest any one phase (scaling, waiting for analysis data, promoting, rolling back) may take."""
+    policy: PolicySpec = Field(default_factory=RegoPolicySpec)
+    """With the ``attestations`` gate: the policy deciding on the verified attestations (default: the Rego
+    policy shipped with vouch)."""
+    policy_settings: dict[str, Any] = Field(default_factory=dict)
+    """Passed to the policy as ``input.settings`` (the default policy reads required steps, signers, CVE
+    thresholds and minimum coverage from here)."""
 
 
 # --------------------------------------------------------------------------- services

@@ -9,6 +9,7 @@ faults and the alarm, which is posted the way Alertmanager posts it.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import signal
@@ -31,6 +32,10 @@ from vouch.core.errors import VouchError
 from vouch.daemon.client import VouchClient
 from vouch.daemon.render import render_event
 from vouch.rollout.alarms import webhook_for
+from vouch.rollout.attestations.dsse import sign_statement
+from vouch.rollout.attestations.keys import generate_keypair, load_signer
+from vouch.rollout.attestations.model import Statement, Subject
+from vouch.rollout.attestations.predicates import predicate_type_for
 
 Narrate = Callable[[str | Text], None]
 
@@ -38,6 +43,46 @@ SERVICE = "checkout"
 REPLICAS = 10
 RATE_PER_ENVIRONMENT = 50.0
 FAULTS = {"v3": {"error_ratio": 0.2}}
+
+POLICY = """
+# The demo's policy: staging needs a vulnerability scan signed by a trusted key;
+# production also needs vouch's own word that the same artifact held in staging.
+package vouch
+
+required := {"staging": ["vulnerability-scan"], "production": ["vulnerability-scan", "deployed"]}
+
+have contains a.step if {
+	some a in input.attestations
+	a.step != "deployed"
+}
+
+have contains "deployed" if {
+	some a in input.attestations
+	a.step == "deployed"
+	a.predicate.environment == "staging"
+}
+
+denials contains msg if {
+	some step in required[input.environment]
+	not step in have
+	msg := sprintf("%s needs a vulnerability-scan attestation signed by a trusted key", [input.environment])
+	step == "vulnerability-scan"
+}
+
+denials contains msg if {
+	some step in required[input.environment]
+	not step in have
+	step == "deployed"
+	msg := sprintf("%s needs vouch's attestation that this artifact held in staging", [input.environment])
+}
+
+denials contains msg if {
+	some r in input.rejected
+	msg := sprintf("an attestation was rejected: %s", [r.reason])
+}
+
+decision := {"allow": count(denials) == 0, "denials": denials}
+"""
 
 
 @dataclass(frozen=True)
@@ -55,9 +100,11 @@ def demo_config(state: Path, *, api_port: int, ports: dict[str, int]) -> dict[st
     environment = {
         "plan": {"steps": steps},
         "analysis": {"interval": "3s", "runs": 1, "failure_limit": 0, "inconclusive_limit": 3},
-        "gates": ["slo", "alarms"],
+        "gates": ["attestations", "slo", "alarms"],
+        "policy": {"kind": "rego", "path": str(state / "policy")},
         "progress_deadline": "60s",
     }
+    keys = state / "keys"
     command = [sys.executable, "-m", "vouch.daemon.demo.service", "--port", "{port}", "--version", "{version}"]
     return {
         "daemon": {"listen": f"127.0.0.1:{api_port}", "state_dir": str(state), "log_level": "info"},
@@ -75,6 +122,10 @@ def demo_config(state: Path, *, api_port: int, ports: dict[str, int]) -> dict[st
             }
         },
         "environments": {name: environment for name in ports},
+        "attestations": {
+            "trust": {"keys": [{"path": str(keys / "ci.key.pub")}, {"path": str(keys / "vouch.key.pub")}]},
+            "signing_key": str(keys / "vouch.key"),
+        },
     }
 
 
@@ -83,12 +134,13 @@ def run_demo(*, state_dir: Path | None, narrate: Narrate) -> DemoResult:
     state = (state_dir or Path(tempfile.mkdtemp(prefix="vouch-demo-"))).resolve()
     state.mkdir(parents=True, exist_ok=True)
     (state / "faults.json").write_text(json.dumps(FAULTS))
+    _prepare_trust(state)
     ports = {"staging": _free_port(), "production": _free_port()}
     config = state / "vouch.yaml"
     config.write_text(yaml.safe_dump(demo_config(state, api_port=_free_port(), ports=ports), sort_keys=False))
     narrate(f"Starting the vouch daemon on the local platform (state and logs in {state})")
     with _daemon(config, state) as client, _traffic(ports, narrate=narrate) as traffic:
-        story = _Story(client, narrate, traffic)
+        story = _Story(client, narrate, traffic, state)
         story.tell()
     promotions = [_summary(p) for p in story.promotions]
     narrate(_table(promotions))
@@ -97,7 +149,8 @@ def run_demo(*, state_dir: Path | None, narrate: Narrate) -> DemoResult:
 
 
 class _Story:
-    def __init__(self, client: VouchClient, narrate: Narrate, traffic: _Traffic) -> None:
+    def __init__(self, client: VouchClient, narrate: Narrate, traffic: _Traffic, state: Path) -> None:
+        self.state = state
         self.client = client
         self.narrate = narrate
         self.traffic = traffic
@@ -116,11 +169,19 @@ class _Story:
         self.release("v2")
         say("\n[3/4] Releasing v3, which fails about 20% of its requests. The SLO gate should catch it.")
         self.release("v3")
-        say("\n[4/4] Releasing v4. Its errors are fine, but it leaks memory: an alert will fire in Alertmanager.")
+        say("\n[4/5] Releasing v4. Its errors are fine, but it leaks memory: an alert will fire in Alertmanager.")
         self.release("v4", alarm=True)
+        say(
+            "\n[5/5] Releasing v5, whose vulnerability scan was signed by a key nobody trusts. The policy "
+            "should refuse it before a single pod starts."
+        )
+        self.release("v5", signer="rogue")
 
-    def release(self, version: str, *, alarm: bool = False) -> None:
-        release = self.client.submit(SERVICE, version)["release"]
+    def release(self, version: str, *, alarm: bool = False, signer: str = "ci") -> None:
+        _sign_scan(self.state, version, signer)
+        release = self.client.submit(
+            SERVICE, version, artifact={"name": SERVICE, "digest": _digest(version)}, commit=_commit(version)
+        )["release"]
         after = 0
         alarm_sent = False
         while True:
@@ -139,7 +200,10 @@ class _Story:
         if alarm_sent:
             self.client.send_alerts(_alert(got["promotions"][-1], status="resolved"))
         self.promotions.extend(got["promotions"])
-        verdict = "held everywhere" if got["release"]["phase"] == "Succeeded" else "was stopped and rolled back"
+        last = got["promotions"][-1]["phase"] if got["promotions"] else ""
+        verdict = {"Succeeded": "held everywhere", "Denied": "was refused before any pod started"}.get(
+            got["release"]["phase"] if got["release"]["phase"] == "Succeeded" else last, "was stopped and rolled back"
+        )
         self.narrate(Text(f"→ {version} {verdict}.", style="bold"))
 
     def _fire_alarm(self, promotion: dict[str, Any]) -> None:
@@ -177,6 +241,8 @@ def _surprises(promotions: list[dict[str, Any]]) -> tuple[str, ...]:
         for version in ("v1", "v2"):
             if by.get((version, env), {}).get("phase") != "Succeeded":
                 found.append(f"{version} did not succeed in {env}")
+    if by.get(("v5", "staging"), {}).get("phase") != "Denied":
+        found.append("v5 was not denied in staging")
     for version, cause in (("v3", "gate:"), ("v4", "alarm:")):
         p = by.get((version, "staging"), {})
         if p.get("phase") != "RolledBack" or not str(p.get("rollback_cause")).startswith(cause):
@@ -197,6 +263,42 @@ def _table(promotions: list[dict[str, Any]]) -> Text:
         lines.append(row, style=style)
         lines.append(f"{p['rollback_cause'] or '-':<26} {detect}\n")
     return lines
+
+
+# --------------------------------------------------------------------------- trust
+
+
+def _prepare_trust(state: Path) -> None:
+    """Keys for the pipeline (trusted), a stranger (not) and vouch itself, and the demo's policy."""
+    keys = state / "keys"
+    keys.mkdir(exist_ok=True)
+    for name in ("ci", "rogue", "vouch"):
+        if not (keys / f"{name}.key").exists():
+            generate_keypair(keys / f"{name}.key")
+    (state / "policy").mkdir(exist_ok=True)
+    (state / "policy" / "demo.rego").write_text(POLICY)
+
+
+def _digest(version: str) -> str:
+    return "sha256:" + hashlib.sha256(f"{SERVICE}-{version}".encode()).hexdigest()
+
+
+def _commit(version: str) -> dict[str, str]:
+    return {"sha": hashlib.sha1(f"{SERVICE}-{version}".encode()).hexdigest(), "merge": "fast-forward"}
+
+
+def _sign_scan(state: Path, version: str, signer: str) -> None:
+    """What the pipeline's scanner step does: attest that the artifact has no known vulnerabilities."""
+    digest = _digest(version)
+    statement = Statement(
+        subjects=(Subject(SERVICE, {"sha256": digest.split(":", 1)[1]}),),
+        predicate_type=predicate_type_for("vulnerability-scan"),
+        predicate={"scanner": {"uri": "https://github.com/aquasecurity/trivy", "version": "0.50.0", "result": []}},
+    )
+    envelope = sign_statement(statement, [load_signer(state / "keys" / f"{signer}.key")])
+    folder = state / "attestations" / f"sha256-{digest.split(':', 1)[1]}"
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"vulnerability-scan-{signer}.json").write_text(json.dumps(envelope))
 
 
 # --------------------------------------------------------------------------- the daemon and the traffic

@@ -10,8 +10,8 @@ a daemon killed at any point resumes exactly where it stood.
                                     ↘ Paused (inconclusive) ↗
     any active phase before Promoting → Aborting → RolledBack
 
-A first deploy (no stable version yet) has nothing to compare with and goes
-from Pending straight to Promoting.
+A first deploy (no stable version yet) is verified like any other, then has
+nothing to compare with and goes from Verifying straight to Promoting.
 """
 
 from __future__ import annotations
@@ -177,8 +177,6 @@ def is_restored(p: Promotion, obs: Observed) -> bool:
 def _begin(p: Promotion, _: Event, now: float) -> Promotion:
     if p.phase is not Phase.PENDING:
         return p
-    if p.initial:
-        return _enter(p, Phase.PROMOTING, None, now, f"first deploy of {p.version}: no stable version to compare")
     return _enter(p, Phase.VERIFYING, None, now, "verifying the release")
 
 
@@ -186,6 +184,9 @@ def _verified(p: Promotion, event: Event, now: float) -> Promotion:
     if p.phase is not Phase.VERIFYING:
         return p
     assert isinstance(event, Verified)
+    if p.initial:
+        message = f"verified ({event.note}); first deploy of {p.version}: no stable version to compare"
+        return _enter(p, Phase.PROMOTING, None, now, message)
     if not p.plan:
         return _enter(p, Phase.PROMOTING, None, now, f"verified ({event.note}); no steps, promoting")
     return _start_step(p, 0, now, prefix=f"verified ({event.note}); ")

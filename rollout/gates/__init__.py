@@ -13,7 +13,7 @@ from vouch.rollout.gates.probes import AimedProbe, ProbeGate
 from vouch.rollout.gates.slo import SloGate
 from vouch.rollout.metrics.base import MetricProvider
 
-GATE_KINDS: tuple[str, ...] = ("slo", "alarms", "probes")
+GATE_KINDS: tuple[str, ...] = ("attestations", "slo", "alarms", "probes")
 """Gate kinds an environment may list under ``gates``."""
 
 
@@ -29,6 +29,8 @@ def build_gates(
     """The gates named by ``kinds``, in order. An unknown kind is an error naming the known ones."""
     gates: list[Gate] = []
     for kind in kinds:
+        if kind == "attestations":
+            continue  # judged once, before any replica starts (the Verifying phase), not at every step
         if kind == "slo":
             gates.append(SloGate(slos, providers))
         elif kind == "alarms":

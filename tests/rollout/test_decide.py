@@ -235,6 +235,8 @@ def test_a_first_deploy_skips_the_steps():
     assert p.initial
     assert p.plan == ()
     p = d.decide(p, d.Begin(), T0)
+    assert p.phase is Phase.VERIFYING, "a first deploy is verified like any other"
+    p = d.decide(p, d.Verified(), T0)
     assert p.phase is Phase.PROMOTING
     p = d.decide(p, d.Observation(Observed("v2", None, 4, 4, 0, 0)), T0 + 1)
     assert p.phase is Phase.SUCCEEDED
@@ -247,7 +249,7 @@ def test_state_survives_a_round_trip_through_a_dict():
 
 
 def test_a_first_deploy_that_never_gets_ready_ends_at_the_deadline():
-    p = d.decide(promotion(stable=None), d.Begin(), T0)
+    p = d.decide(d.decide(promotion(stable=None), d.Begin(), T0), d.Verified(), T0)
     assert d.wake_at(p) == T0 + 60
     p = d.decide(p, d.Observation(Observed("v2", None, 4, 0, 0, 0)), T0 + 61)
     assert (p.phase, p.abort.cause) == (Phase.ABORTING, "deadline:promoting")
