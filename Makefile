@@ -47,6 +47,7 @@ bench: $(DEV) system-deps
 	$(PY) benchmarks/alarm_to_rollback.py
 	$(PY) benchmarks/probe_cpu.py
 	$(PY) benchmarks/probe_scale.py
+	$(PY) benchmarks/policy_decision.py
 
 clean:
 	rm -rf build .pytest_cache .mypy_cache .ruff_cache
