@@ -29,7 +29,7 @@ from vouch.daemon.probing import Probing
 from vouch.daemon.store.sqlite import SqliteStore
 from vouch.daemon.verification import DeployedAttester, ReleaseVerification
 from vouch.probes.scheduler import ProbeRun
-from vouch.rollout.alarms import AlertBook
+from vouch.rollout.alarms import Alert, AlertBook
 from vouch.rollout.attestations.sources import AttestationSource, DirectorySourceSpec, build_source
 from vouch.rollout.attestations.verify import AttestationVerifier, TrustSpec
 from vouch.rollout.engine.driver import DriverSettings
@@ -43,7 +43,7 @@ from vouch.rollout.platforms.local import LocalPlatform
 from vouch.rollout.platforms.traffic import TrafficRecorder
 from vouch.rollout.policy import PolicySpec, RegoPolicySpec, build_policy
 from vouch.rollout.policy.base import PolicyEngine
-from vouch.rollout.state import Event, Promotion, StepRecord
+from vouch.rollout.state import AlertRecord, Event, Promotion, StepRecord
 
 log = logging.getLogger("vouch.daemon")
 
@@ -110,6 +110,7 @@ async def serve(
     platform = LocalPlatform(config.platform, config.services, state_dir=state, traffic=traffic, registry=registry)
     providers = build_providers(config.metric_providers, traffic=traffic)
     alerts = AlertBook()
+    alerts.restore(_recorded_alerts(await store.list_alerts(limit=10_000)))
     events = EventSink(store)
     probing = Probing(config, platform, registry, on_change=lambda run: _probe_changed(events, run))
     trust = _Trust.of(config, store)
@@ -200,6 +201,21 @@ def _resolved_policy(config: VouchConfig, policy: PolicySpec) -> PolicySpec:
     if isinstance(policy, RegoPolicySpec) and policy.path is not None:
         return policy.model_copy(update={"path": str(config.resolve(policy.path))})
     return policy
+
+
+def _recorded_alerts(records: list[AlertRecord]) -> list[Alert]:
+    """The stored alerts (newest first) as the book's alerts, oldest first, for it to replay."""
+    return [
+        Alert(
+            "firing" if r.status == "firing" else "resolved",
+            dict(r.labels),
+            dict(r.annotations),
+            None,
+            None,
+            r.fingerprint,
+        )
+        for r in reversed(records)
+    ]
 
 
 def _probe_changed(events: EventSink, run: ProbeRun) -> None:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
@@ -333,6 +333,18 @@ class AlertBook:
             elif self._resolve(alert):
                 resolved.append(alert)
         return firing, resolved
+
+    def restore(self, alerts: Iterable[Alert]) -> None:
+        """Replay alerts as recorded, oldest first: after a restart the book knows what still fires.
+
+        Without it, an alert that fired before a restart would go unnoticed by
+        the alarms gate until Alertmanager repeats it (``repeat_interval``).
+        """
+        for alert in alerts:
+            if alert.firing:
+                self._fire(alert)
+            else:
+                self._resolve(alert)
 
     def firing(self) -> list[Alert]:
         """Every alert firing now, by name then fingerprint."""

@@ -433,3 +433,17 @@ def test_what_a_real_alertmanager_sends_parses_and_drives_the_book(
     _, resolved = book.update(parse_webhook(_next_body(receiver[1])))
     assert [a.fingerprint for a in resolved] == [found.fingerprint]
     assert book.firing() == []
+
+
+def test_a_book_restored_from_records_knows_what_still_fires() -> None:
+    labels = {"alertname": "HighErrorRate", "service": "checkout", "environment": "staging"}
+    other = {"alertname": "Down", "service": "cart", "environment": "staging"}
+    book = AlertBook()
+    book.restore(
+        [
+            Alert("firing", labels, {}, None, None, "fp-1"),
+            Alert("firing", other, {}, None, None, "fp-2"),
+            Alert("resolved", other, {}, None, None, "fp-2"),
+        ]
+    )
+    assert [a.fingerprint for a in book.firing()] == ["fp-1"]
