@@ -12,6 +12,7 @@ from rich.text import Text
 PHASE_STYLES = {
     "Succeeded": "green",
     "RolledBack": "red",
+    "Denied": "red",
     "Aborting": "red",
     "Paused": "yellow",
     "Progressing": "cyan",
@@ -80,7 +81,7 @@ def render_event(event: dict[str, Any]) -> Text:
     where = data.get("environment") or "release"
     kind = event["kind"]
     style = ""
-    if "rolledback" in kind or "aborting" in kind or kind == "release.failed":
+    if "rolledback" in kind or "aborting" in kind or "denied" in kind or kind == "release.failed":
         style = "red"
     elif "succeeded" in kind:
         style = "green"
