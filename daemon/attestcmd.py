@@ -15,16 +15,14 @@ import asyncio
 import hashlib
 import json
 import logging
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import Annotated, Any
 
 import typer
-from pydantic import ValidationError
-from rich.console import Console
 
-from vouch.core.errors import ConfigError, InputError, VouchError
+from vouch.core.errors import InputError
+from vouch.daemon.cliout import EXIT_FAILED, err, out, reported
 from vouch.rollout.attestations.dsse import parse_digest, parse_subject, sign_statement
 from vouch.rollout.attestations.keys import KEY_TYPES, KeyType, generate_keypair, load_signer
 from vouch.rollout.attestations.model import Attestation, RawAttestation, Statement, Subject
@@ -32,11 +30,6 @@ from vouch.rollout.attestations.predicates import has_property, predicate_type_f
 from vouch.rollout.attestations.sigstore import sign_keyless
 from vouch.rollout.attestations.sources import DirectorySource
 from vouch.rollout.attestations.verify import AttestationVerifier, IdentitySpec, KeySpec, TrustSpec
-
-EXIT_FAILED = 1
-"""Verification failed."""
-EXIT_USAGE = 2
-"""Missing or contradictory options, unreadable files, bad keys (shared with every vouch command)."""
 
 attest_app = typer.Typer(
     name="attest",
@@ -48,43 +41,11 @@ attest_app = typer.Typer(
     add_completion=False,
     rich_markup_mode="markdown",
 )
-err = Console(stderr=True, highlight=False, soft_wrap=True)
-out = Console(highlight=False, soft_wrap=True)
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document to stdout.")]
 
 
 # --------------------------------------------------------------------------- plumbing
-
-
-def _fail(message: str, *, as_json: bool, code: int = EXIT_USAGE) -> NoReturn:
-    if as_json:
-        print(json.dumps({"error": {"message": message}}))
-    else:
-        err.print(f"[bold red]error:[/] {message}", markup=True, highlight=False)
-    raise typer.Exit(code)
-
-
-@contextmanager
-def _usage_errors(*, as_json: bool) -> Iterator[None]:
-    """Turn vouch's errors (bad options, unreadable files, bad keys) into a message and exit code 2."""
-    try:
-        yield
-    except ConfigError as exc:
-        _fail("; ".join(str(p) for p in exc.problems), as_json=as_json)
-    except VouchError as exc:
-        _fail(str(exc), as_json=as_json)
-    except ValidationError as exc:
-        _fail(_validation_message(exc), as_json=as_json)
-
-
-def _validation_message(exc: ValidationError) -> str:
-    parts = []
-    for error in exc.errors():
-        where = ".".join(map(str, error["loc"]))
-        message = error["msg"].removeprefix("Value error, ")
-        parts.append(f"{where}: {message}" if where else message)
-    return "; ".join(parts)
 
 
 def _read(path: Path, what: str) -> bytes:
@@ -124,7 +85,7 @@ def keygen(
 
     Example: vouch attest keygen --out ci.key --type ecdsa-p256
     """
-    with _usage_errors(as_json=as_json):
+    with reported(as_json=as_json):
         if key_type not in KEY_TYPES:
             raise InputError(f"--type {key_type!r}: choose one of {', '.join(KEY_TYPES)}")
         kind: KeyType = "ed25519" if key_type == "ed25519" else "ecdsa-p256"
@@ -208,7 +169,7 @@ def sign(
 
         vouch attest sign --step build --subject app@sha256:HEX --predicate slsa.json --keyless --out build.json
     """
-    with _usage_errors(as_json=as_json):
+    with reported(as_json=as_json):
         if bool(key) == keyless:
             raise InputError("give --key KEY (one or more) or --keyless, not both and not neither")
         if out_file is not None and store is not None:
@@ -322,7 +283,7 @@ def verify(
         vouch attest verify --bundle dco.json --digest sha256:HEX --key ci.key.pub
     """
     logging.getLogger("sigstore").setLevel(logging.ERROR)  # its "offline mode" notice is not news here
-    with _usage_errors(as_json=as_json):
+    with reported(as_json=as_json):
         if (artifact is None) == (digest is None):
             raise InputError("give --artifact FILE or --digest sha256:HEX, exactly one of them")
         subject_digest = _sha256_file(artifact) if artifact is not None else "sha256:" + parse_digest(digest or "")

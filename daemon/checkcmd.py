@@ -15,14 +15,14 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from vouch.core.errors import InputError, VouchError
+from vouch.core.errors import InputError
+from vouch.daemon.cliout import err, out, reported
 from vouch.rollout.attestations.dsse import parse_subject, sign_statement
 from vouch.rollout.attestations.keys import load_signer
 from vouch.rollout.attestations.model import Statement, Subject
@@ -39,8 +39,6 @@ check_app = typer.Typer(
     add_completion=False,
     rich_markup_mode="markdown",
 )
-err = Console(stderr=True, highlight=False, soft_wrap=True)
-out = Console(highlight=False, soft_wrap=True)
 
 RangeOpt = Annotated[
     str, typer.Option("--range", help="The commits to check, as A..B: reachable from B and not from A.")
@@ -88,12 +86,10 @@ def check_dco(
 
     Example: vouch check dco --range origin/main..HEAD --attest --key ci.pem --subject app@sha256:ab12... --store att/
     """
-    try:
+    with reported(as_json=as_json):
         request = _attest_request(attest, key=key, subject=subject, store=store)
         report = dco(repo, range_)
         written = _maybe_attest(request, "dco", report.to_predicate(), passed=report.passed)
-    except VouchError as exc:
-        _fail(exc, as_json=as_json)
     _show("dco", report, _dco_table(report), written=written, as_json=as_json)
 
 
@@ -125,12 +121,10 @@ def check_signed_commits(
 
     Example: vouch check signed-commits --range origin/main..HEAD --allowed-signers .github/allowed_signers
     """
-    try:
+    with reported(as_json=as_json):
         request = _attest_request(attest, key=key, subject=subject, store=store)
         report = signed_commits(repo, range_, allowed_signers=allowed_signers, gpg_home=gpg_home)
         written = _maybe_attest(request, "signed-commits", report.to_predicate(), passed=report.passed)
-    except VouchError as exc:
-        _fail(exc, as_json=as_json)
     _show("signed-commits", report, _signature_table(report), written=written, as_json=as_json)
 
 
@@ -235,11 +229,3 @@ def _table(columns: Sequence[str]) -> Table:
 
 def _status(ok: bool) -> Text:
     return Text("ok", style="green") if ok else Text("FAIL", style="bold red")
-
-
-def _fail(exc: VouchError, *, as_json: bool) -> NoReturn:
-    if as_json:
-        print(json.dumps({"error": {"message": str(exc)}}))
-    else:
-        err.print(f"error: {exc}", markup=False)
-    raise typer.Exit(2)

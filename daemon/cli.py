@@ -14,19 +14,18 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 
-from vouch.core.errors import ConfigError, ConflictError, VouchError
+from vouch.core.errors import ConflictError
 from vouch.daemon.attestcmd import attest_app
 from vouch.daemon.auth import read_client_token
 from vouch.daemon.checkcmd import check_app
 from vouch.daemon.client import VouchClient
+from vouch.daemon.cliout import err, fail, out, reported
 from vouch.daemon.config import VouchConfig, load_config
 from vouch.daemon.configcmd import config_app
 from vouch.daemon.policycmd import policy_app
@@ -52,9 +51,6 @@ app.add_typer(check_app, name="check")
 app.add_typer(attest_app, name="attest")
 app.add_typer(policy_app, name="policy")
 
-err = Console(stderr=True, highlight=False, soft_wrap=True)
-out = Console(highlight=False, soft_wrap=True)
-
 DEFAULT_CONFIG = "vouch.yaml"
 
 ConfigOpt = Annotated[
@@ -76,33 +72,6 @@ EnvOpt = Annotated[str | None, typer.Option("--env", "-e", help="The environment
 
 
 # --------------------------------------------------------------------------- plumbing
-
-
-def fail(message: str, *, as_json: bool, code: int = 2, **extra: Any) -> NoReturn:
-    """Report ``message`` and exit with ``code`` (2 unless the checked thing itself failed)."""
-    if as_json:
-        print(json.dumps({"error": {"message": message, **extra}}))
-    else:
-        err.print(f"[bold red]error:[/] {message}", markup=True)
-    raise typer.Exit(code)
-
-
-@contextmanager
-def reported(*, as_json: bool) -> Iterator[None]:
-    """Turn vouch's errors into messages and exit code 2."""
-    try:
-        yield
-    except ConfigError as exc:
-        if as_json:
-            print(
-                json.dumps({"error": {"message": "invalid configuration", "problems": [vars(p) for p in exc.problems]}})
-            )
-        else:
-            for problem in exc.problems:
-                err.print(str(problem), markup=False)
-        raise typer.Exit(2) from None
-    except VouchError as exc:
-        fail(str(exc), as_json=as_json, kind=type(exc).__name__)
 
 
 def _load(config: Path | None) -> VouchConfig | None:

@@ -15,10 +15,8 @@ from typing import Annotated
 import typer
 
 from vouch.core.errors import ConfigError, Problem
+from vouch.daemon.cliout import EXIT_USAGE, print_problems, problem_dicts
 from vouch.daemon.config import VouchConfig, config_schema, load_config
-
-EXIT_INVALID = 2
-"""Exit code of a configuration error (usage and configuration errors share it across vouch)."""
 
 config_app = typer.Typer(
     name="config",
@@ -55,16 +53,15 @@ def validate(
         document = {
             "file": file,
             "valid": config is not None,
-            "problems": [{"file": p.file, "line": p.line, "path": p.path, "message": p.message} for p in problems],
+            "problems": problem_dicts(problems),
         }
         typer.echo(json.dumps(document, indent=2))
     elif config is not None:
         typer.echo(f"{file}: valid: {summary(config)}")
     else:
-        for problem in problems:
-            typer.echo(str(problem), err=True)
+        print_problems(problems)
     if config is None:
-        raise typer.Exit(EXIT_INVALID)
+        raise typer.Exit(EXIT_USAGE)
 
 
 @config_app.command("schema")

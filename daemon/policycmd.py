@@ -10,17 +10,17 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import Annotated, Any
 
 import typer
 
-from vouch.core.errors import ConfigError
+from vouch.core.errors import InputError
+from vouch.daemon.cliout import reported
 from vouch.rollout.policy.base import Decision
 from vouch.rollout.policy.input import input_schema
 from vouch.rollout.policy.rego import DEFAULT_QUERY, RegoPolicy
 
 EXIT_DENIED = 1
-EXIT_USAGE = 2
 
 policy_app = typer.Typer(
     name="policy",
@@ -57,11 +57,9 @@ def evaluate(
 
     Example: vouch policy eval --input input.json --json
     """
-    document = _read_input(input_file)
-    try:
+    with reported(as_json=as_json, invalid="invalid policy"):
+        document = _read_input(input_file)
         engine = RegoPolicy.default(query=query) if policy is None else RegoPolicy.from_path(policy, query=query)
-    except ConfigError as exc:
-        _usage("invalid policy:\n" + "\n".join(f"  {p}" for p in exc.problems))
     decision = engine.evaluate(document)
     if as_json:
         typer.echo(json.dumps(decision.to_dict(), indent=2))
@@ -96,17 +94,13 @@ def render(decision: Decision) -> str:
 
 
 def _read_input(path: Path) -> dict[str, Any]:
+    """The policy input, which must be a JSON object; anything else is the caller's mistake, not a denial."""
     try:
         document = json.loads(path.read_text(encoding="utf-8"))
     except OSError as exc:
-        _usage(f"{path}: cannot read the input: {exc.strerror or exc}")
+        raise InputError(f"{path}: cannot read the input: {exc.strerror or exc}") from exc
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        _usage(f"{path}: the input is not JSON: {exc}")
+        raise InputError(f"{path}: the input is not JSON: {exc}") from exc
     if not isinstance(document, dict):
-        _usage(f"{path}: the input must be a JSON object, got {type(document).__name__}")
+        raise InputError(f"{path}: the input must be a JSON object, got {type(document).__name__}")
     return document
-
-
-def _usage(message: str) -> NoReturn:
-    typer.echo(f"vouch policy: {message}", err=True)
-    raise typer.Exit(EXIT_USAGE)

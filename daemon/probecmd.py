@@ -7,15 +7,15 @@ import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 import yaml
-from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from vouch.core.errors import ConfigError, Problem, VouchError
+from vouch.core.errors import ConfigError, InputError, Problem
+from vouch.daemon.cliout import err, out, reported
 from vouch.daemon.configload import validate_model_text
 from vouch.probes.base import ProbeResult
 from vouch.probes.registry import ProbeDefinition, ProbeFile, build_probe
@@ -26,8 +26,6 @@ probe_app = typer.Typer(
     no_args_is_help=True,
     rich_markup_mode="markdown",
 )
-err = Console(stderr=True, highlight=False, soft_wrap=True)
-out = Console(highlight=False, soft_wrap=True)
 
 
 def _load(file: Path) -> list[ProbeDefinition]:
@@ -75,10 +73,8 @@ def run(
 
     Example: vouch probe run probes.yaml --once
     """
-    try:
+    with reported(as_json=as_json):
         definitions = _load(file)
-    except VouchError as exc:
-        _fail(exc, as_json=as_json)
     if not once:
         _run_forever(definitions)
         return
@@ -129,12 +125,12 @@ def import_blackbox(
     """
     from vouch.probes.blackbox import convert_blackbox, render_conversion
 
-    try:
-        conversion = convert_blackbox(file.read_text(), source=str(file))
-    except OSError as exc:
-        _fail(VouchError(f"cannot read {file}: {exc.strerror}"), as_json=as_json)
-    except VouchError as exc:
-        _fail(exc, as_json=as_json)
+    with reported(as_json=as_json):
+        try:
+            text = file.read_text()
+        except OSError as exc:
+            raise InputError(f"cannot read {file}: {exc.strerror}") from exc
+        conversion = convert_blackbox(text, source=str(file))
     if as_json:
         print(json.dumps(conversion.to_dict(), indent=2))
     else:
@@ -163,21 +159,6 @@ def rules(
     else:
         output.write_text(text)
         err.print(f"wrote {output}", markup=False)
-
-
-def _fail(exc: VouchError, *, as_json: bool) -> Any:
-    problems = exc.problems if isinstance(exc, ConfigError) else []
-    if as_json:
-        body: dict[str, Any] = {"message": str(exc)}
-        if problems:
-            body["problems"] = [vars(p) for p in problems]
-        print(json.dumps({"error": body}))
-    elif problems:
-        for problem in problems:
-            err.print(str(problem), markup=False)
-    else:
-        err.print(f"error: {exc}", markup=False)
-    raise typer.Exit(2)
 
 
 def dump_definitions(definitions: Sequence[ProbeDefinition]) -> str:
