@@ -49,6 +49,7 @@ class _ServiceView:
     has_command: bool
     has_slos: bool
     has_probes: bool = False
+    has_image: bool = False
 
     @classmethod
     def of(cls, spec: ServiceSpec) -> _ServiceView:
@@ -58,6 +59,7 @@ class _ServiceView:
             has_command=spec.command is not None,
             has_slos=bool(spec.slos),
             has_probes=bool(spec.probes),
+            has_image=spec.image is not None and "{version}" in spec.image,
         )
 
     @classmethod
@@ -74,6 +76,7 @@ class _ServiceView:
             has_command=raw.get("command") is not None,
             has_slos=bool(slos),
             has_probes=bool(raw.get("probes")),
+            has_image=isinstance(raw.get("image"), str) and "{version}" in raw["image"],
         )
 
 
@@ -253,7 +256,12 @@ def _check_gates(parts: Parts) -> Iterator[tuple[Loc, str]]:
 
 
 def _check_platform(parts: Parts) -> Iterator[tuple[Loc, str]]:
-    if parts.platform is None or parts.platform.kind != "local":
+    if parts.platform is None:
+        return
+    if parts.platform.kind == "kubernetes":
+        for name, spec in parts.services.items():
+            if not spec.has_image:
+                yield ("services", name, "image"), "the kubernetes platform runs 'image' (with '{version}' as its tag)"
         return
     for name, spec in parts.services.items():
         if not spec.has_command:

@@ -18,6 +18,7 @@ from pydantic_core import CoreSchema
 from vouch.core.durations import Duration
 from vouch.core.settings import Model
 from vouch.probes.registry import ProbeDefinition
+from vouch.rollout.platforms.kube.settings import KubernetesPlatformSpec
 from vouch.rollout.policy import PolicySpec, RegoPolicySpec
 
 NAME_PATTERN = r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"
@@ -343,5 +344,5 @@ class LocalPlatformSpec(Model):
     """Router: longest a replica may take to answer a request."""
 
 
-PlatformSpec = LocalPlatformSpec
-"""The platform settings; a discriminated union by ``kind`` once there is more than one."""
+PlatformSpec = Annotated[LocalPlatformSpec | KubernetesPlatformSpec, Field(discriminator="kind")]
+"""Where replicas run, chosen by ``kind``: ``local`` processes (the default) or ``kubernetes``."""

@@ -569,3 +569,31 @@ def test_unknown_provider_kind_names_the_known_ones() -> None:
     problem = only(VALID + "metric_providers:\n  prom:\n    kind: graphite\n")
     assert (problem.line, problem.path) == (15, "metric_providers.prom")
     assert problem.message == "unknown kind 'graphite'; known kinds: 'builtin', 'prometheus'"
+
+
+def test_the_kubernetes_platform_needs_an_image_with_the_version(tmp_path: Path) -> None:
+    text = """
+platform:
+  kind: kubernetes
+  namespace: apps
+services:
+  shop:
+    image: registry.example/shop:{version}
+    environments: [{name: staging}]
+    slos: [{name: errors, metric: error_ratio, max: 0.05}]
+  cart:
+    command: ["{python}", -m, cart, --port, "{port}"]
+    environments: [{name: staging}]
+    slos: [{name: errors, metric: error_ratio, max: 0.05}]
+environments:
+  staging: {}
+"""
+    path = tmp_path / "vouch.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    [problem] = caught.value.problems
+    assert problem.path == "services.cart.image"
+    assert "{version}" in problem.message
+    config = parse_config(text.replace('    command: ["{python}", -m, cart, --port, "{port}"]', "    image: cart:{version}"))
+    assert config.platform.kind == "kubernetes"

@@ -1,0 +1,44 @@
+"""The Kubernetes permissions vouch's code actually uses, in one place.
+
+Why a registry: the Helm chart's Role/ClusterRole must grant exactly what the code calls — no more
+(least privilege), no less (a missing verb only shows up mid-promotion as a 403). The chart's test
+compares its rendered rules against :data:`RULES`, and each Kubernetes module lists its calls here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Rule:
+    """One API permission: verbs on a resource, granted namespaced (Role) or cluster-wide (ClusterRole)."""
+
+    api_group: str  # "" for core, "apps", "coordination.k8s.io"
+    resource: str  # "deployments", "pods", "services", "events", "configmaps", "leases", ...
+    verbs: tuple[str, ...]
+    scope: str  # "namespace" (Role) or "cluster" (ClusterRole)
+    used_by: str  # "platform" | "store" | "leader"
+
+
+RULES: list[Rule] = [
+    # --- platform (rollout/platforms/kubernetes.py, rollout/platforms/kube/) ---
+    # read the stable Deployment, create/patch the canary, patch stable's replicas and template
+    Rule("apps", "deployments", ("get", "create", "patch"), "namespace", "platform"),
+    # canary and stable pod addresses and readiness for observe()
+    Rule("", "pods", ("list",), "namespace", "platform"),
+    # the Service that spreads traffic over stable and canary pods, for address()
+    Rule("", "services", ("get",), "namespace", "platform"),
+    # each transition recorded as an Event on the Deployment
+    Rule("", "events", ("create",), "namespace", "platform"),
+    # --- end platform ---
+    # --- store and leader (K3: append below this line only) ---
+    # the state store (daemon/store/kubernetes.py, daemon/store/kube_*.py): records, buckets, locks and the
+    # sequence counter are ConfigMaps in the store's namespace; read one, list by label, create, merge-patch
+    # (resourceVersion-checked where it matters). Nothing is ever deleted or replaced (PUT).
+    Rule("", "configmaps", ("get", "list", "create", "patch"), "namespace", "store"),
+    # leader election (daemon/leader.py): one coordination.k8s.io/v1 Lease, read, created once, then
+    # renewed and taken over with resourceVersion-checked merge patches
+    Rule("coordination.k8s.io", "leases", ("get", "create", "patch"), "namespace", "leader"),
+    # --- end store and leader ---
+]
