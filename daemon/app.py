@@ -18,14 +18,17 @@ from pathlib import Path
 from aiohttp import web
 from prometheus_client import CollectorRegistry, disable_created_metrics
 
+from vouch.core.errors import ConfigError, Problem
 from vouch.daemon.api import build_app
 from vouch.daemon.auth import TokenSource, resolve_token
 from vouch.daemon.config import VouchConfig
 from vouch.daemon.controller import DaemonController
 from vouch.daemon.events import EventSink
+from vouch.daemon.leader import LeaderElector
 from vouch.daemon.metrics import DaemonMetrics
 from vouch.daemon.probewatch import Freshness, ProbeWatch
 from vouch.daemon.probing import Probing
+from vouch.daemon.store.kubernetes import KubernetesStore, KubernetesStoreSpec
 from vouch.daemon.store.sqlite import SqliteStore
 from vouch.daemon.verification import DeployedAttester, ReleaseVerification
 from vouch.probes.scheduler import ProbeRun
@@ -39,11 +42,15 @@ from vouch.rollout.gates.base import Gate
 from vouch.rollout.metrics import build_providers
 from vouch.rollout.metrics.base import MetricProvider
 from vouch.rollout.model import Verdict
+from vouch.rollout.platforms.base import Platform
+from vouch.rollout.platforms.kube.client import KubeApiError, connect
+from vouch.rollout.platforms.kube.settings import KubernetesPlatformSpec
+from vouch.rollout.platforms.kubernetes import KubernetesPlatform
 from vouch.rollout.platforms.local import LocalPlatform
 from vouch.rollout.platforms.traffic import TrafficRecorder
 from vouch.rollout.policy import PolicySpec, RegoPolicySpec, build_policy
 from vouch.rollout.policy.base import PolicyEngine
-from vouch.rollout.state import AlertRecord, Event, Promotion, StepRecord
+from vouch.rollout.state import AlertRecord, Event, Promotion, StepRecord, Store
 
 log = logging.getLogger("vouch.daemon")
 
@@ -106,8 +113,9 @@ async def serve(
     disable_created_metrics()  # type: ignore[no-untyped-call]  # a _created series per counter doubles /metrics for thousands of probes
     registry = CollectorRegistry()
     traffic = TrafficRecorder(registry)
-    store = await SqliteStore.open(state / "vouch.db")
-    platform = LocalPlatform(config.platform, config.services, state_dir=state, traffic=traffic, registry=registry)
+    store = await _open_store(config, state)
+    elector = await _elector(config)
+    platform = _platform(config, state=state, traffic=traffic, registry=registry)
     providers = build_providers(config.metric_providers, traffic=traffic)
     alerts = AlertBook()
     alerts.restore(_recorded_alerts(await store.list_alerts(limit=10_000)))
@@ -128,7 +136,12 @@ async def serve(
         after_success=trust.attester,
     )
     controller = DaemonController(
-        engine=engine, store=store, alerts=alerts, environments=config.environments, metrics=metrics
+        engine=engine,
+        store=store,
+        alerts=alerts,
+        environments=config.environments,
+        metrics=metrics,
+        leading=(lambda: elector.is_leader) if elector is not None else (lambda: True),
     )
     app = build_app(controller, token=token.token, registry=registry, max_body_bytes=config.daemon.max_body_bytes)
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
@@ -139,7 +152,13 @@ async def serve(
         site = web.TCPSite(runner, host, port)
         await site.start()
         async with asyncio.TaskGroup() as group:
-            group.create_task(engine.run(), name="engine")
+            if elector is None:
+                group.create_task(engine.run(), name="engine")
+            else:
+                group.create_task(elector.run(), name="leader-election")
+                group.create_task(elector.while_leading(engine.run), name="engine")
+                log.info("taking part in leader election as %s; acting only while leading", elector.identity)
+                await elector.wait_elected()
             group.create_task(events.run(), name="events")
             group.create_task(probing.run(), name="probing")
             if config.probe_watch is not None:
@@ -154,6 +173,35 @@ async def serve(
         await asyncio.shield(_shutdown(runner, platform, providers, trust, store))
 
 
+async def _open_store(config: VouchConfig, state: Path) -> SqliteStore | KubernetesStore:
+    spec = config.daemon.store
+    if isinstance(spec, KubernetesStoreSpec):
+        return await KubernetesStore.open(spec)
+    return await SqliteStore.open(state / "vouch.db")
+
+
+async def _elector(config: VouchConfig) -> LeaderElector | None:
+    spec = config.daemon.leader_election
+    if not spec.enabled:
+        return None
+    store = config.daemon.store
+    context = store.context if isinstance(store, KubernetesStoreSpec) else None
+    kubeconfig = store.kubeconfig if isinstance(store, KubernetesStoreSpec) else None
+    try:
+        api = await connect(context=context, kubeconfig=kubeconfig)
+    except KubeApiError as exc:
+        raise ConfigError([Problem("<config>", None, "daemon.leader_election", f"no Kubernetes API: {exc}")]) from exc
+    return LeaderElector.from_spec(api, spec)
+
+
+def _platform(
+    config: VouchConfig, *, state: Path, traffic: TrafficRecorder, registry: CollectorRegistry
+) -> LocalPlatform | KubernetesPlatform:
+    if isinstance(config.platform, KubernetesPlatformSpec):
+        return KubernetesPlatform(config.platform, config.services)
+    return LocalPlatform(config.platform, config.services, state_dir=state, traffic=traffic, registry=registry)
+
+
 @dataclass
 class _Trust:
     """The attestations gate's parts, built once: the source, the verifier, a policy per environment."""
@@ -164,7 +212,7 @@ class _Trust:
     policies: list[PolicyEngine]
 
     @classmethod
-    def of(cls, config: VouchConfig, store: SqliteStore) -> _Trust:
+    def of(cls, config: VouchConfig, store: Store) -> _Trust:
         spec = config.attestations
         if spec.source is None or isinstance(spec.source, DirectorySourceSpec):
             folder = config.state_path() / "attestations" if spec.source is None else config.resolve(spec.source.path)
@@ -256,10 +304,10 @@ def _watch(
 
 async def _shutdown(
     runner: web.AppRunner,
-    platform: LocalPlatform,
+    platform: Platform,
     providers: dict[str, MetricProvider],
     trust: _Trust,
-    store: SqliteStore,
+    store: SqliteStore | KubernetesStore,
 ) -> None:
     steps = [runner.cleanup, platform.stop, *(p.close for p in providers.values()), trust.close, store.close]
     for step in steps:

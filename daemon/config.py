@@ -38,6 +38,8 @@ from pydantic import Field, PrivateAttr, StringConstraints, field_validator
 from vouch.core.durations import Duration
 from vouch.core.errors import ConfigError, NotFoundError, Problem
 from vouch.core.settings import Model
+from vouch.daemon.leader import LeaderElectionSpec
+from vouch.daemon.store.kubernetes import KubernetesStoreSpec
 from vouch.probes.registry import ProbeDefinition
 from vouch.rollout.attestations.sources import SourceSpec
 from vouch.rollout.attestations.verify import TrustSpec
@@ -102,6 +104,16 @@ def quoted(names: Iterable[object]) -> str:
     return ", ".join(repr(n) for n in names) or "none"
 
 
+class SqliteStoreSpec(Model):
+    """State in an SQLite file under ``state_dir`` (the embedded default)."""
+
+    kind: Literal["sqlite"] = "sqlite"
+
+
+StoreSpec = Annotated[SqliteStoreSpec | KubernetesStoreSpec, Field(discriminator="kind")]
+"""Where the daemon keeps its state, chosen by ``kind``."""
+
+
 class DaemonSpec(Model):
     """The daemon process itself: where it listens, keeps its state and finds its API token."""
 
@@ -118,6 +130,11 @@ class DaemonSpec(Model):
     """Largest request body the API accepts; larger ones are refused with 413."""
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     """Least severe log records written."""
+    store: StoreSpec = Field(default_factory=SqliteStoreSpec)
+    """Where state is kept: ``sqlite`` (a file under ``state_dir``) or ``kubernetes`` (ConfigMaps, so a
+    rescheduled pod or a new leader continues every promotion)."""
+    leader_election: LeaderElectionSpec = Field(default_factory=LeaderElectionSpec)
+    """With several replicas: only the holder of a coordination.k8s.io Lease acts."""
 
     @field_validator("listen")
     @classmethod

@@ -34,7 +34,9 @@ class DaemonController:
         environments: Mapping[str, EnvironmentSpec],
         metrics: DaemonMetrics,
         clock: Callable[[], float] = time.time,
+        leading: Callable[[], bool] = lambda: True,
     ) -> None:
+        self._leading = leading
         self.store = store
         self._engine = engine
         self._alerts = alerts
@@ -43,7 +45,7 @@ class DaemonController:
         self._clock = clock
 
     def ready(self) -> bool:
-        return self._engine.started.is_set()
+        return self._engine.started.is_set() and self._leading()
 
     async def submit(
         self,
