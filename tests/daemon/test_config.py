@@ -595,5 +595,6 @@ environments:
     [problem] = caught.value.problems
     assert problem.path == "services.cart.image"
     assert "{version}" in problem.message
-    config = parse_config(text.replace('    command: ["{python}", -m, cart, --port, "{port}"]', "    image: cart:{version}"))
+    fixed = text.replace('    command: ["{python}", -m, cart, --port, "{port}"]', "    image: cart:{version}")
+    config = parse_config(fixed)
     assert config.platform.kind == "kubernetes"
