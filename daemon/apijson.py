@@ -268,24 +268,8 @@ def verdict_dict(record: VerdictRecord) -> dict[str, Any]:
 
 
 def event_dict(event: Event) -> dict[str, Any]:
-    return {
-        "id": event.id,
-        "kind": event.kind,
-        "message": event.message,
-        "at": event.at,
-        "promotion_id": event.promotion_id,
-        "release_id": event.release_id,
-        "data": dict(event.data),
-    }
+    return event.to_dict()
 
 
 def alert_dict(alert: AlertRecord) -> dict[str, Any]:
-    return {
-        "id": alert.id,
-        "received_at": alert.received_at,
-        "status": alert.status,
-        "labels": dict(alert.labels),
-        "annotations": dict(alert.annotations),
-        "fingerprint": alert.fingerprint,
-        "matched": list(alert.matched),
-    }
+    return alert.to_dict()

@@ -255,6 +255,17 @@ class Event:
     data: Mapping[str, Any] = field(default_factory=dict)
     id: int | None = None
 
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "kind": self.kind,
+            "message": self.message,
+            "at": self.at,
+            "promotion_id": self.promotion_id,
+            "release_id": self.release_id,
+            "data": dict(self.data),
+        }
+
 
 @dataclass(frozen=True)
 class AlertRecord:
@@ -268,6 +279,17 @@ class AlertRecord:
     matched: tuple[str, ...]
     """Promotion ids the alert aborted (empty when resolved or unmatched)."""
     id: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "received_at": self.received_at,
+            "status": self.status,
+            "labels": dict(self.labels),
+            "annotations": dict(self.annotations),
+            "fingerprint": self.fingerprint,
+            "matched": list(self.matched),
+        }
 
 
 @runtime_checkable

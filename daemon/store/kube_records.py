@@ -92,15 +92,7 @@ def verdict_record(value: str) -> tuple[tuple[int, int, int], VerdictRecord]:
 
 
 def event_value(event: Event) -> str:
-    document = {
-        "kind": event.kind,
-        "message": event.message,
-        "at": event.at,
-        "promotion_id": event.promotion_id,
-        "release_id": event.release_id,
-        "data": dict(event.data),
-        "id": event.id,
-    }
+    document = event.to_dict()
     return dumps(document, f"event {event.kind}")
 
 
@@ -110,15 +102,7 @@ def event_record(value: str) -> Event:
 
 
 def alert_value(alert: AlertRecord) -> str:
-    document = {
-        "received_at": alert.received_at,
-        "status": alert.status,
-        "labels": dict(alert.labels),
-        "annotations": dict(alert.annotations),
-        "fingerprint": alert.fingerprint,
-        "matched": list(alert.matched),
-        "id": alert.id,
-    }
+    document = alert.to_dict()
     return dumps(document, f"alert {alert.fingerprint}")
 
 
