@@ -61,7 +61,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 from urllib.parse import quote
 
-from pydantic import Field, PrivateAttr, field_validator, model_validator
+from pydantic import Field, PrivateAttr, model_validator
 
 from vouch.core.durations import Duration
 from vouch.core.errors import ConfigError
@@ -70,10 +70,10 @@ from vouch.probes.assertions import ResponseAssertions, StatusCode, check_latenc
 from vouch.probes.attempts import Attempted, Timings, attempt_within
 from vouch.probes.base import ProbeFailure, ProbeResult, Reason
 from vouch.probes.flowparts import Extractor, Missing, StepTemplates, Template, VariableName, is_absolute, join_url
-from vouch.probes.http import url_problem
-from vouch.probes.settings import ProbeSpec, Secret, TlsClientSpec
+from vouch.probes.http import HttpClientSpec, url_problem
+from vouch.probes.settings import Secret
 from vouch.probes.tlsinfo import TlsContexts
-from vouch.probes.wire import DEFAULT_MAX_BODY, IpProtocol, WireAnswer, WireRequest, exchange
+from vouch.probes.wire import WireAnswer, WireRequest, exchange
 
 logger = logging.getLogger(__name__)
 
@@ -140,7 +140,7 @@ class FlowStep(Model):
         return self._templates
 
 
-class FlowProbeSpec(ProbeSpec):
+class FlowProbeSpec(HttpClientSpec):
     """A multi-step API check against a base URL: ordered requests, variables carried from one to the next."""
 
     kind: Literal["flow"] = "flow"
@@ -149,25 +149,6 @@ class FlowProbeSpec(ProbeSpec):
     """Variables known before the first step (values used verbatim); secrets are revealed when first used."""
     steps: list[FlowStep] = Field(min_length=1, max_length=50)
     """The requests, run in order on fresh connections; the first failing one ends the run."""
-    tls: TlsClientSpec = Field(default_factory=TlsClientSpec)
-    """TLS settings for https URLs (every step)."""
-    follow_redirects: bool = True
-    """Follow 3xx redirects (each on a new connection); when off, an unaccepted redirect fails the step."""
-    max_redirects: int = Field(default=5, ge=0, le=20)
-    """Most redirects followed per step before it fails with ``http_redirect``."""
-    ip_protocol: IpProtocol | None = None
-    """Preferred address family (``ip4`` or ``ip6``) when a name has both."""
-    max_body_bytes: int = Field(default=DEFAULT_MAX_BODY, ge=0)
-    """Bytes of each answer's body kept for assertions and extraction; more is read and dropped."""
-
-    @field_validator("targets")
-    @classmethod
-    def _urls(cls, targets: list[str]) -> list[str]:
-        for target in targets:
-            problem = url_problem(target)
-            if problem:
-                raise ValueError(problem)
-        return targets
 
     @model_validator(mode="after")
     def _variables_defined_before_use(self) -> FlowProbeSpec:

@@ -54,23 +54,9 @@ def _two_hundreds() -> list[int | str]:
     return ["2xx"]
 
 
-class HttpProbeSpec(ProbeSpec):
-    """An HTTP(S) check: what to send, what counts as a good answer."""
+class HttpClientSpec(ProbeSpec):
+    """How an HTTP(S) probe connects, shared by ``http`` and ``flow``: TLS, redirects, address family, body size."""
 
-    kind: Literal["http"] = "http"
-    """Selects this probe kind."""
-    method: str = Field(default="GET", pattern=r"^[A-Z]+$")
-    """HTTP method."""
-    headers: dict[str, str | Secret] = Field(default_factory=dict)
-    """Request headers; a value may be a secret (``{from_env: NAME}`` or ``{from_file: PATH}``)."""
-    body: str | Secret | None = None
-    """Request body, plain or secret."""
-    valid_status_codes: list[StatusCode] = Field(default_factory=_two_hundreds, min_length=1)
-    """Accepted status codes: codes like ``200`` and classes like ``"2xx"``."""
-    assertions: ResponseAssertions = Field(default_factory=ResponseAssertions)
-    """Checks on the answer's headers and body."""
-    max_latency: Duration | None = None
-    """Slowest acceptable answer (the whole exchange, redirects included)."""
     tls: TlsClientSpec = Field(default_factory=TlsClientSpec)
     """TLS settings for https targets."""
     follow_redirects: bool = True
@@ -90,6 +76,25 @@ class HttpProbeSpec(ProbeSpec):
             if problem:
                 raise ValueError(problem)
         return targets
+
+
+class HttpProbeSpec(HttpClientSpec):
+    """An HTTP(S) check: what to send, what counts as a good answer."""
+
+    kind: Literal["http"] = "http"
+    """Selects this probe kind."""
+    method: str = Field(default="GET", pattern=r"^[A-Z]+$")
+    """HTTP method."""
+    headers: dict[str, str | Secret] = Field(default_factory=dict)
+    """Request headers; a value may be a secret (``{from_env: NAME}`` or ``{from_file: PATH}``)."""
+    body: str | Secret | None = None
+    """Request body, plain or secret."""
+    valid_status_codes: list[StatusCode] = Field(default_factory=_two_hundreds, min_length=1)
+    """Accepted status codes: codes like ``200`` and classes like ``"2xx"``."""
+    assertions: ResponseAssertions = Field(default_factory=ResponseAssertions)
+    """Checks on the answer's headers and body."""
+    max_latency: Duration | None = None
+    """Slowest acceptable answer (the whole exchange, redirects included)."""
 
 
 def url_problem(target: str) -> str | None:
