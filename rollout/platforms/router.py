@@ -84,6 +84,11 @@ def upstream_session() -> aiohttp.ClientSession:
     )
 
 
+_RETRIES_AFTER_REMOVAL = 2
+"""Other replicas a request may be sent to when the one it was sent to was taken out meanwhile."""
+_IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
+
+
 def _forwardable(headers: Any, *, drop: frozenset[str] = frozenset()) -> CIMultiDict[str]:
     """``headers`` without hop-by-hop headers, nor those the ``Connection`` header names."""
     named = {token.strip().lower() for value in headers.getall("Connection", ()) for token in value.split(",")}
@@ -169,18 +174,22 @@ class Router:
         return backend
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
-        backend = self._pick()
-        if backend is None:
-            self._unavailable.inc()
-            return web.json_response({"error": f"no ready replica of {self.target}"}, status=503)
-        started = time.perf_counter()
-        try:
-            response = await self._forward(request, backend)
-        except TimeoutError:
-            response = self._failure(504, f"replica {backend.version} did not answer in time")
-        except (aiohttp.ClientError, OSError) as exc:
-            log.debug("router %s: replica %s failed: %r", self.target, backend.endpoint, exc)
-            response = self._failure(502, f"replica {backend.version} failed: {type(exc).__name__}")
+        for _ in range(_RETRIES_AFTER_REMOVAL + 1):
+            backend = self._pick()
+            if backend is None:
+                self._unavailable.inc()
+                return web.json_response({"error": f"no ready replica of {self.target}"}, status=503)
+            started = time.perf_counter()
+            try:
+                response = await self._forward(request, backend)
+            except TimeoutError:
+                response = self._failure(504, f"replica {backend.version} did not answer in time")
+            except (aiohttp.ClientError, OSError) as exc:
+                if self._retryable(request, backend, exc):
+                    continue  # the replica was taken out while this request raced to it: not its version's fault
+                log.debug("router %s: replica %s failed: %r", self.target, backend.endpoint, exc)
+                response = self._failure(502, f"replica {backend.version} failed: {type(exc).__name__}")
+            break
         self._traffic.record(
             self.target,
             backend.version,
@@ -206,6 +215,20 @@ class Router:
             payload = await upstream.read()
             answer = _forwardable(upstream.headers, drop=frozenset({"content-length"}))
             return web.Response(status=upstream.status, reason=upstream.reason, body=payload, headers=answer)
+
+    def _retryable(self, request: web.Request, backend: Backend, exc: BaseException) -> bool:
+        """A request that reached a replica just as it was removed goes to another one, when that is safe.
+
+        Safe means the replica is no longer routed to (stopped on purpose, not crashed: a crash stays
+        a 502 counted against its version) and the request was never processed: the connection was
+        refused, or an idempotent request found its connection closed or reset.
+        """
+        if backend in self._backends:
+            return False
+        if isinstance(exc, aiohttp.ClientConnectorError):
+            return True
+        disconnected = isinstance(exc, (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError))
+        return disconnected and request.method in _IDEMPOTENT
 
     @staticmethod
     def _failure(status: int, message: str) -> web.Response:

@@ -215,3 +215,23 @@ async def test_the_router_listens_where_it_says(harness) -> None:
     writer.close()
     assert answer.startswith(b"HTTP/1.0 503")
     assert json.loads(answer.split(b"\r\n\r\n", 1)[1])["error"]
+
+
+async def test_a_request_racing_a_replica_being_removed_is_served_by_another(harness, backend) -> None:
+    good = Backend(await backend("1.0"), "1.0", "stable")
+
+    async def taken_out_meanwhile(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        harness.router.set_backends([good])  # the platform removes this replica while the request is on its way
+        writer.close()
+
+    server = await asyncio.start_server(taken_out_meanwhile, "127.0.0.1", 0)
+    leaving = Backend(Endpoint("127.0.0.1", server.sockets[0].getsockname()[1]), "2.0", "canary")
+    try:
+        harness.router.set_backends([leaving, good])
+        status, body = await harness.request("/order")
+    finally:
+        server.close()
+        await server.wait_closed()
+    assert status == 200
+    assert body["name"] == "1.0"
+    assert harness.traffic.window(TARGET, "2.0", 60).requests == 0, "the leaving replica is not blamed"
