@@ -174,7 +174,7 @@ class Router:
         return backend
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
-        for _ in range(_RETRIES_AFTER_REMOVAL + 1):
+        for attempt in range(_RETRIES_AFTER_REMOVAL + 1):
             backend = self._pick()
             if backend is None:
                 self._unavailable.inc()
@@ -185,19 +185,14 @@ class Router:
             except TimeoutError:
                 response = self._failure(504, f"replica {backend.version} did not answer in time")
             except (aiohttp.ClientError, OSError) as exc:
-                if self._retryable(request, backend, exc):
+                if attempt < _RETRIES_AFTER_REMOVAL and self._retryable(request, backend, exc):
                     continue  # the replica was taken out while this request raced to it: not its version's fault
                 log.debug("router %s: replica %s failed: %r", self.target, backend.endpoint, exc)
                 response = self._failure(502, f"replica {backend.version} failed: {type(exc).__name__}")
-            break
-        self._traffic.record(
-            self.target,
-            backend.version,
-            backend.track,
-            status=response.status,
-            seconds=time.perf_counter() - started,
-        )
-        return response
+            seconds = time.perf_counter() - started
+            self._traffic.record(self.target, backend.version, backend.track, status=response.status, seconds=seconds)
+            return response
+        raise AssertionError("unreachable: the last attempt always answers")
 
     async def _forward(self, request: web.Request, backend: Backend) -> web.Response:
         url = URL(backend.endpoint.url + request.raw_path, encoded=True)
