@@ -24,7 +24,7 @@ from vouch.core.errors import ConflictError
 from vouch.daemon.attestcmd import attest_app
 from vouch.daemon.auth import read_client_token
 from vouch.daemon.checkcmd import check_app
-from vouch.daemon.client import VouchClient
+from vouch.daemon.client import VouchClient, follow_release
 from vouch.daemon.cliout import err, fail, out, reported
 from vouch.daemon.config import VouchConfig, load_config
 from vouch.daemon.configcmd import config_app
@@ -185,40 +185,6 @@ def promote(
     _print_result(result, as_json=as_json)
     if result["release"]["phase"] != "Succeeded":
         raise typer.Exit(1)
-
-
-RELEASE_CLOSING_EVENTS = frozenset({"release.succeeded", "release.failed"})
-"""The event the daemon writes just after it saves a release's final phase."""
-
-
-def follow_release(
-    client: VouchClient,
-    release_id: str,
-    *,
-    on_event: Callable[[dict[str, Any]], None],
-    poll: float = 0.25,
-    grace: float = 2.0,
-) -> dict[str, Any]:
-    """Stream a release's events to ``on_event`` until it ends; return the release and its promotions.
-
-    The release is read before its events, so once it reads as finished every event before its end is
-    on record, except perhaps the closing one, written just after the phase: the stream goes on until
-    that shows, or for ``grace`` seconds (a daemon stopped between the two writes never writes it).
-    """
-    after = 0
-    closed = False
-    ended_at: float | None = None
-    while True:
-        got = client.get_release(release_id)
-        for event in client.events(release=release_id, after=after)["events"]:
-            on_event(event)
-            after = max(after, event["id"])
-            closed = closed or event["kind"] in RELEASE_CLOSING_EVENTS
-        if got["release"]["phase"] != "Progressing":
-            ended_at = time.monotonic() if ended_at is None else ended_at
-            if closed or time.monotonic() - ended_at >= grace:
-                return {"release": got["release"], "promotions": got["promotions"]}
-        time.sleep(poll)
 
 
 def _print_result(result: dict[str, Any], *, as_json: bool) -> None:

@@ -10,7 +10,8 @@ user what to do next; httpx's exceptions never escape.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 from typing import Any
 from urllib.parse import quote
 
@@ -226,3 +227,41 @@ class VouchClient:
         except DaemonUnreachable:
             return False
         return True
+
+
+RELEASE_CLOSING_EVENTS = frozenset({"release.succeeded", "release.failed"})
+"""The event the daemon writes just after it saves a release's final phase."""
+
+
+def follow_release(
+    client: VouchClient,
+    release_id: str,
+    *,
+    on_event: Callable[[dict[str, Any]], None],
+    on_poll: Callable[[dict[str, Any]], None] | None = None,
+    poll: float = 0.25,
+    grace: float = 2.0,
+) -> dict[str, Any]:
+    """Stream a release's events to ``on_event`` until it ends; return the release and its promotions.
+
+    The release is read before its events, so once it reads as finished every event before its end is
+    on record, except perhaps the closing one, written just after the phase: the stream goes on until
+    that shows, or for ``grace`` seconds (a daemon stopped between the two writes never writes it).
+    ``on_poll`` sees each reading of the release and its promotions, to act while it runs.
+    """
+    after = 0
+    closed = False
+    ended_at: float | None = None
+    while True:
+        got = client.get_release(release_id)
+        if on_poll is not None:
+            on_poll(got)
+        for event in client.events(release=release_id, after=after)["events"]:
+            on_event(event)
+            after = max(after, event["id"])
+            closed = closed or event["kind"] in RELEASE_CLOSING_EVENTS
+        if got["release"]["phase"] != "Progressing":
+            ended_at = time.monotonic() if ended_at is None else ended_at
+            if closed or time.monotonic() - ended_at >= grace:
+                return {"release": got["release"], "promotions": got["promotions"]}
+        time.sleep(poll)

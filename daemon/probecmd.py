@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-import yaml
 from rich.table import Table
 from rich.text import Text
 
@@ -159,8 +158,3 @@ def rules(
     else:
         output.write_text(text)
         err.print(f"wrote {output}", markup=False)
-
-
-def dump_definitions(definitions: Sequence[ProbeDefinition]) -> str:
-    """YAML of probe definitions, as ``vouch probe run`` reads them."""
-    return yaml.safe_dump({"probes": [d.model_dump(mode="json", exclude_defaults=True) for d in definitions]})

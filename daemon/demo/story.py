@@ -29,7 +29,7 @@ import yaml
 from rich.text import Text
 
 from vouch.core.errors import VouchError
-from vouch.daemon.client import VouchClient
+from vouch.daemon.client import VouchClient, follow_release
 from vouch.daemon.render import render_event
 from vouch.rollout.alarms import webhook_for
 from vouch.rollout.attestations.dsse import sign_statement
@@ -182,23 +182,18 @@ class _Story:
         release = self.client.submit(
             SERVICE, version, artifact={"name": SERVICE, "digest": _digest(version)}, commit=_commit(version)
         )["release"]
-        after = 0
-        alarm_sent = False
-        while True:
-            for event in self.client.events(release=release["id"], after=after)["events"]:
-                self.narrate(render_event(event))
-                after = max(after, event["id"])
-            got = self.client.get_release(release["id"])
-            if alarm and not alarm_sent and _analysing(got["promotions"]):
-                self._fire_alarm(got["promotions"][-1])
-                alarm_sent = True
-            if got["release"]["phase"] != "Progressing":
-                break
-            time.sleep(0.2)
-        for event in self.client.events(release=release["id"], after=after)["events"]:
-            self.narrate(render_event(event))
-        if alarm_sent:
-            self.client.send_alerts(_alert(got["promotions"][-1], status="resolved"))
+        fired: list[dict[str, Any]] = []
+
+        def watch(got: dict[str, Any]) -> None:
+            if alarm and not fired and _analysing(got["promotions"]):
+                fired.append(got["promotions"][-1])
+                self._fire_alarm(fired[0])
+
+        got = follow_release(
+            self.client, release["id"], on_event=lambda e: self.narrate(render_event(e)), on_poll=watch, poll=0.2
+        )
+        if fired:
+            self.client.send_alerts(_alert(fired[0], status="resolved"))
         self.promotions.extend(got["promotions"])
         last = got["promotions"][-1]["phase"] if got["promotions"] else ""
         verdict = {"Succeeded": "held everywhere", "Denied": "was refused before any pod started"}.get(

@@ -24,8 +24,7 @@ import pytest
 from support.daemon import Daemon, free_port, local_config, running, wait_for
 from support.traffic import steady_traffic
 
-from vouch.daemon.cli import follow_release
-from vouch.daemon.client import VouchClient
+from vouch.daemon.client import VouchClient, follow_release
 
 ACTOR = "cli-tester"
 FAULTY = "v3"
