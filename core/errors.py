@@ -11,6 +11,7 @@ at the boundary with ``raise ... from exc`` so the cause stays visible.
     │   ├── NotFoundError      names a service, environment or promotion that does not exist
     │   └── ConflictError      would break an invariant (a second active promotion, ...)
     ├── AuthError              missing or wrong credentials
+    ├── NotLeaderError         this replica follows; another one acts (retryable)
     ├── StoreError             the state store failed; nothing is acted on without it
     ├── PlatformError          the platform refused or failed an operation
     │   └── PlatformUnavailable    transient: try again (retryable)
@@ -71,6 +72,17 @@ class ConflictError(InputError):
 
 class AuthError(VouchError):
     """Credentials are missing or wrong."""
+
+
+class NotLeaderError(VouchError):
+    """This daemon replica is a follower: it serves reads, but only the leader acts. Try again."""
+
+    retryable = True
+
+    def __init__(self, leader: str | None) -> None:
+        self.leader = leader
+        held = f"the leader is {leader}" if leader else "no leader is elected right now"
+        super().__init__(f"this replica does not lead ({held}); retry in a moment")
 
 
 class StoreError(VouchError):

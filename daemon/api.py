@@ -25,7 +25,7 @@ from aiohttp import web
 from aiohttp.typedefs import Middleware
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
-from vouch.core.errors import AuthError, ConflictError, InputError, NotFoundError
+from vouch.core.errors import AuthError, ConflictError, InputError, NotFoundError, NotLeaderError
 from vouch.daemon.apijson import (
     AbortRequest,
     AlertQuery,
@@ -130,6 +130,8 @@ def _from_vouch_error(exc: Exception) -> ApiError | None:
         return ApiError(400, "bad_input", str(exc))
     if isinstance(exc, AuthError):
         return ApiError(401, "unauthorized", str(exc), headers={"WWW-Authenticate": "Bearer"})
+    if isinstance(exc, NotLeaderError):
+        return ApiError(503, "not_leader", str(exc), headers={"Retry-After": "1"})
     return None
 
 

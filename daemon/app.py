@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Sequence
+import os
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,6 +26,7 @@ from vouch.daemon.config import VouchConfig
 from vouch.daemon.controller import DaemonController
 from vouch.daemon.events import EventSink
 from vouch.daemon.leader import LeaderElector
+from vouch.daemon.leaderlabel import LeaderLabel
 from vouch.daemon.metrics import DaemonMetrics
 from vouch.daemon.probewatch import Freshness, ProbeWatch
 from vouch.daemon.probing import Probing
@@ -43,7 +45,7 @@ from vouch.rollout.metrics import build_providers
 from vouch.rollout.metrics.base import MetricProvider
 from vouch.rollout.model import Verdict
 from vouch.rollout.platforms.base import Platform
-from vouch.rollout.platforms.kube.client import KubeApiError, connect
+from vouch.rollout.platforms.kube.client import KubeApi, KubeApiError, RetryPolicy, connect
 from vouch.rollout.platforms.kube.settings import KubernetesPlatformSpec
 from vouch.rollout.platforms.kubernetes import KubernetesPlatform
 from vouch.rollout.platforms.local import LocalPlatform
@@ -141,8 +143,9 @@ async def serve(
         alerts=alerts,
         environments=config.environments,
         metrics=metrics,
-        leading=(lambda: elector.is_leader) if elector is not None else (lambda: True),
+        leadership=elector,
     )
+    metrics.follow_leadership(controller.acting)
     app = build_app(controller, token=token.token, registry=registry, max_body_bytes=config.daemon.max_body_bytes)
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     host, port = config.host_port()
@@ -152,25 +155,59 @@ async def serve(
         site = web.TCPSite(runner, host, port)
         await site.start()
         async with asyncio.TaskGroup() as group:
+            leading = _leading_tasks(config, engine, probing, providers, registry, events)
             if elector is None:
-                group.create_task(engine.run(), name="engine")
+                for name, work in leading.items():
+                    group.create_task(work(), name=name)
             else:
                 group.create_task(elector.run(), name="leader-election")
-                group.create_task(elector.while_leading(engine.run), name="engine")
+                for name, work in leading.items():
+                    group.create_task(elector.while_leading(work), name=name)
+                label = await _leader_label(config)
+                if label is not None:
+                    group.create_task(label.run(elector), name="leader-label")
                 log.info("taking part in leader election as %s; acting only while leading", elector.identity)
-                await elector.wait_elected()
             group.create_task(events.run(), name="events")
-            group.create_task(probing.run(), name="probing")
-            if config.probe_watch is not None:
-                watch = _watch(config, providers, probing, registry, events)
-                group.create_task(watch.run(), name="probe-watch")
-            await engine.started.wait()
+            if elector is not None:
+                await elector.wait_observed()
+            if not controller.ready():
+                await engine.started.wait()
             url = f"http://{host}:{port}"
-            log.info("listening on %s; state in %s", url, state)
+            log.info("listening on %s (%s); state in %s", url, "leading" if controller.acting() else "following", state)
             if on_ready is not None:
                 on_ready(DaemonInfo(url=url, token=token, state_dir=state))
     finally:
         await asyncio.shield(_shutdown(runner, platform, providers, trust, store))
+
+
+def _leading_tasks(
+    config: VouchConfig,
+    engine: Engine,
+    probing: Probing,
+    providers: dict[str, MetricProvider],
+    registry: CollectorRegistry,
+    events: EventSink,
+) -> dict[str, Callable[[], Coroutine[None, None, None]]]:
+    """The work only the leader does, by task name: drive promotions, probe, watch probe series."""
+    work: dict[str, Callable[[], Coroutine[None, None, None]]] = {"engine": engine.run, "probing": probing.run}
+    if config.probe_watch is not None:
+        work["probe-watch"] = _watch(config, providers, probing, registry, events).run
+    return work
+
+
+async def _leader_label(config: VouchConfig) -> LeaderLabel | None:
+    """Marks this daemon's pod while it leads, when it runs in a pod (the chart sets POD_NAME and POD_NAMESPACE)."""
+    pod, namespace = os.environ.get("POD_NAME"), os.environ.get("POD_NAMESPACE")
+    if not pod or not namespace:
+        return None
+    store = config.daemon.store
+    context = store.context if isinstance(store, KubernetesStoreSpec) else None
+    kubeconfig = store.kubeconfig if isinstance(store, KubernetesStoreSpec) else None
+    try:
+        api = await connect(context=context, kubeconfig=kubeconfig)
+    except KubeApiError as exc:
+        raise ConfigError([Problem("<config>", None, "daemon.leader_election", f"no Kubernetes API: {exc}")]) from exc
+    return LeaderLabel(KubeApi(api, RetryPolicy()), pod=pod, namespace=namespace)
 
 
 async def _open_store(config: VouchConfig, state: Path) -> SqliteStore | KubernetesStore:

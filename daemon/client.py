@@ -43,6 +43,23 @@ def _error_of(response: httpx.Response) -> tuple[str, str | None]:
         return (response.text.strip()[:200] or response.reason_phrase), None
 
 
+def _not_leader(response: httpx.Response) -> bool:
+    """A follower's refusal: another replica leads (or is being elected); the same request will succeed there."""
+    if response.status_code != 503:
+        return False
+    try:
+        return bool(response.json()["error"]["code"] == "not_leader")
+    except (ValueError, KeyError, TypeError):
+        return False
+
+
+def _retry_after(response: httpx.Response) -> float:
+    try:
+        return min(max(float(response.headers.get("Retry-After", "1")), 0.1), 5.0)
+    except ValueError:
+        return 1.0
+
+
 def _query(**params: object) -> dict[str, str]:
     """Query parameters without the unset ones; booleans as the API spells them."""
     out: dict[str, str] = {}
@@ -62,7 +79,17 @@ def _segment(value: str) -> str:
 class VouchClient:
     """A connection to one daemon. Use it as a context manager, or call :meth:`close`."""
 
-    def __init__(self, base_url: str, token: str, *, timeout: float = 10.0, actor: str | None = None) -> None:
+    def __init__(
+        self,
+        base_url: str,
+        token: str,
+        *,
+        timeout: float = 10.0,
+        actor: str | None = None,
+        leader_wait: float = 30.0,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        """``leader_wait``: how long a request answered "not the leader" (a failover under way) is retried."""
         try:
             url = httpx.URL(base_url)
         except httpx.InvalidURL as exc:
@@ -71,6 +98,8 @@ class VouchClient:
             raise InputError(f"the daemon's URL must look like http://HOST:PORT, not {base_url!r}")
         self.base_url = base_url.rstrip("/")
         self._timeout = timeout
+        self._leader_wait = leader_wait
+        self._sleep = sleep
         headers = {"Authorization": f"Bearer {token}", "Accept": "application/json"}
         if actor:
             headers[ACTOR_HEADER] = actor
@@ -96,18 +125,11 @@ class VouchClient:
         body: object = None,
         expect_json: bool = True,
     ) -> Any:
-        try:
-            response = self._http.request(method, path, params=params, json=body)
-        except httpx.TimeoutException as exc:
-            raise DaemonUnreachable(
-                f"the vouch daemon at {self.base_url} did not answer within {self._timeout:g}s; "
-                f"{_start_hint(self.base_url)}"
-            ) from exc
-        except httpx.TransportError as exc:
-            raise DaemonUnreachable(
-                f"cannot reach the vouch daemon at {self.base_url} ({exc or type(exc).__name__}); "
-                f"{_start_hint(self.base_url)}"
-            ) from exc
+        response = self._exchange(method, path, params=params, body=body)
+        give_up = time.monotonic() + self._leader_wait
+        while _not_leader(response) and time.monotonic() < give_up:
+            self._sleep(_retry_after(response))
+            response = self._exchange(method, path, params=params, body=body)
         if response.is_error:
             self._raise_for(response)
         if not expect_json:
@@ -117,6 +139,20 @@ class VouchClient:
         except ValueError as exc:
             raise DaemonUnreachable(
                 f"{self.base_url} answered {method} {path} with something other than JSON; {_start_hint(self.base_url)}"
+            ) from exc
+
+    def _exchange(self, method: str, path: str, *, params: Mapping[str, str] | None, body: object) -> httpx.Response:
+        try:
+            return self._http.request(method, path, params=params, json=body)
+        except httpx.TimeoutException as exc:
+            raise DaemonUnreachable(
+                f"the vouch daemon at {self.base_url} did not answer within {self._timeout:g}s; "
+                f"{_start_hint(self.base_url)}"
+            ) from exc
+        except httpx.TransportError as exc:
+            raise DaemonUnreachable(
+                f"cannot reach the vouch daemon at {self.base_url} ({exc or type(exc).__name__}); "
+                f"{_start_hint(self.base_url)}"
             ) from exc
 
     def _raise_for(self, response: httpx.Response) -> None:

@@ -11,8 +11,9 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Mapping
+from typing import Protocol
 
-from vouch.core.errors import ConflictError
+from vouch.core.errors import ConflictError, NotLeaderError
 from vouch.daemon.metrics import DaemonMetrics
 from vouch.rollout.alarms import Alert, AlertBook, matches, parse_webhook
 from vouch.rollout.config import EnvironmentSpec
@@ -20,6 +21,19 @@ from vouch.rollout.engine.runner import Engine
 from vouch.rollout.state import AlertRecord, Promotion, Release, Store
 
 log = logging.getLogger(__name__)
+
+
+class Leadership(Protocol):
+    """Who acts among the daemon's replicas (``LeaderElector`` provides it)."""
+
+    @property
+    def is_leader(self) -> bool: ...
+
+    @property
+    def in_touch(self) -> bool: ...
+
+    @property
+    def holder(self) -> str | None: ...
 
 
 class DaemonController:
@@ -34,9 +48,10 @@ class DaemonController:
         environments: Mapping[str, EnvironmentSpec],
         metrics: DaemonMetrics,
         clock: Callable[[], float] = time.time,
-        leading: Callable[[], bool] = lambda: True,
+        leadership: Leadership | None = None,
     ) -> None:
-        self._leading = leading
+        """``leadership`` None means this daemon is the only one and always acts."""
+        self._leadership = leadership
         self.store = store
         self._engine = engine
         self._alerts = alerts
@@ -45,7 +60,25 @@ class DaemonController:
         self._clock = clock
 
     def ready(self) -> bool:
-        return self._engine.started.is_set() and self._leading()
+        """The leader is ready once its engine runs; a follower while it keeps in touch with the Lease.
+
+        Followers are ready so that a rolling update of the daemon can finish and a standby is
+        known to be healthy; they refuse to act (:meth:`acting`), and the chart's Service routes
+        API calls to the leader's pod only.
+        """
+        if self.acting():
+            return True
+        lead = self._leadership
+        return lead is not None and not lead.is_leader and lead.in_touch
+
+    def acting(self) -> bool:
+        """Whether this daemon may act now: it leads (or is alone) and its engine runs."""
+        leading = self._leadership is None or self._leadership.is_leader
+        return leading and self._engine.started.is_set()
+
+    def _must_act(self) -> None:
+        if not self.acting():
+            raise NotLeaderError(self._leadership.holder if self._leadership is not None else None)
 
     async def submit(
         self,
@@ -57,15 +90,22 @@ class DaemonController:
         artifact: Mapping[str, str] | None = None,
         commit: Mapping[str, str | None] | None = None,
     ) -> Release:
+        self._must_act()
         return await self._engine.submit(
             service=service, version=version, environment=environment, actor=actor, artifact=artifact, commit=commit
         )
 
     async def abort(self, promotion_id: str, *, actor: str, reason: str) -> Promotion:
+        self._must_act()
         return await self._engine.abort(promotion_id, actor=actor, reason=reason or f"aborted by {actor}")
 
     async def receive_alerts(self, payload: object, *, actor: str) -> list[AlertRecord]:
-        """Record every alert; a firing one that matches a running promotion rolls it back now."""
+        """Record every alert; a firing one that matches a running promotion rolls it back now.
+
+        A follower refuses the webhook (503) before looking at it: Alertmanager retries, and
+        its retry reaches the leader, which is the one that can roll back.
+        """
+        self._must_act()
         received = self._clock()
         webhook = parse_webhook(payload)
         if webhook.truncated_alerts:

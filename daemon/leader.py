@@ -315,6 +315,8 @@ class LeaderElector:
         self._on_stopped = on_stopped_leading
         self._release_on_stop = release_on_stop
         self._observed: Observed | None = None
+        self._last_read: float | None = None
+        self._observed_once = asyncio.Event()
         self._state = _Leadership()
         self._elected = asyncio.Event()
         self._deposed = asyncio.Event()
@@ -340,6 +342,22 @@ class LeaderElector:
         """Whether this daemon may act *now*: computed from the clock, so it turns false at the renew deadline
         even if the election task has not run since."""
         return self._state.leading and self._clock() < self._state.until
+
+    @property
+    def holder(self) -> str | None:
+        """Who holds the Lease as last read (``None`` when nobody does or it was never read)."""
+        record = self._observed.record if self._observed is not None else None
+        return record.holder or None if record is not None else None
+
+    @property
+    def in_touch(self) -> bool:
+        """Whether the Lease was read within the last lease duration: a follower that is in touch is a
+        healthy standby (ready to serve reads and to take over), one that is not has lost the API server."""
+        return self._last_read is not None and self._clock() - self._last_read < self._lease_duration
+
+    async def wait_observed(self) -> None:
+        """Until the Lease was read once: from then on this daemon knows whether it leads or follows."""
+        await self._observed_once.wait()
 
     async def wait_elected(self) -> None:
         await self._elected.wait()
@@ -392,6 +410,8 @@ class LeaderElector:
 
     async def _try(self) -> None:
         record, version = await self._leases.read()
+        self._last_read = self._clock()
+        self._observed_once.set()
         self._observed = observe(self._observed, record, version, self._clock())
         move = decide(self._observed, identity=self.identity, now=self._clock(), lease_duration=self._lease_duration)
         if move is Move.FOLLOW:

@@ -13,7 +13,7 @@ from the timestamps the records carry, so the numbers match the store.
 from __future__ import annotations
 
 from collections import Counter as Tally
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
@@ -90,7 +90,17 @@ class DaemonMetrics:
             buckets=ALARM_BUCKETS,
             registry=registry,
         )
+        self.leader = Gauge(
+            "vouch_leader",
+            "1 while this daemon replica acts (leads, or runs alone), 0 while it follows.",
+            registry=registry,
+        )
+        self.leader.set(1)
         self._publish()
+
+    def follow_leadership(self, acting: Callable[[], bool]) -> None:
+        """Have ``vouch_leader`` read ``acting()`` at every scrape."""
+        self.leader.set_function(lambda: 1.0 if acting() else 0.0)
 
     def _publish(self) -> None:
         for phase in Phase:

@@ -81,6 +81,7 @@ class Engine:
                 await asyncio.Event().wait()
             finally:
                 self._group = None
+                self.started.clear()  # a deposed leader's engine may run again later: it must resume first
 
     def active(self) -> list[Promotion]:
         """The promotions being driven right now, as last persisted."""

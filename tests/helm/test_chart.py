@@ -148,6 +148,7 @@ SERVICE_MONITOR_SCHEMA = {
             "additionalProperties": False,
             "required": ["selector", "endpoints"],
             "properties": {
+                "jobLabel": {"type": "string"},
                 "selector": {
                     "type": "object",
                     "additionalProperties": False,
@@ -355,6 +356,8 @@ def test_service_serves_api_and_metrics_on_the_container_port(chart: helm.Chart)
     (port,) = service["spec"]["ports"]
     assert port["targetPort"] == pod["spec"]["containers"][0]["ports"][0]["name"]
     assert port["port"] == 8470
+    assert "vouch.dev/leader" not in service["spec"]["selector"], "a lone daemon needs no leader label"
+    assert "PodDisruptionBudget" not in kinds(docs)
 
 
 # --------------------------------------------------------------------------- HA
@@ -364,13 +367,20 @@ def test_ha_elects_a_leader_and_keeps_state_in_the_cluster(chart: helm.Chart) ->
     docs = render(chart, HA)
     deployment = one(docs, "Deployment")
     assert deployment["spec"]["replicas"] == 3
-    # Only the leader is ready: a rollout waiting for new pods to be ready before stopping old ones
-    # would never end, and a disruption budget counting ready pods would block evicting the leader.
-    assert deployment["spec"]["strategy"] == {
-        "type": "RollingUpdate",
-        "rollingUpdate": {"maxSurge": "100%", "maxUnavailable": "100%"},
-    }
-    assert "PodDisruptionBudget" not in kinds(docs)
+    # Every healthy replica is ready (followers are standbys), so an ordinary rolling update ends
+    # and a disruption budget can keep a standby through a drain.
+    strategy = {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}}
+    assert deployment["spec"]["strategy"] == strategy
+    pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
+    budget = one(docs, "PodDisruptionBudget")
+    assert budget["spec"]["maxUnavailable"] == 1
+    assert budget["spec"]["selector"]["matchLabels"].items() <= pod_labels.items()
+    # The API and Alertmanager's webhooks go to the pod the leader labels; metrics come from every pod.
+    api = one(docs, "Service", RELEASE)
+    assert api["spec"]["selector"]["vouch.dev/leader"] == "true"
+    every = one(docs, "Service", f"{RELEASE}-metrics")
+    assert "vouch.dev/leader" not in every["spec"]["selector"]
+    assert every["spec"]["selector"].items() <= pod_labels.items()
     env = {e["name"]: e["valueFrom"]["fieldRef"]["fieldPath"] for e in deployment_env(docs) if "valueFrom" in e}
     assert env == {"POD_NAME": "metadata.name", "POD_NAMESPACE": "metadata.namespace"}
     daemon = rendered_config(docs)["daemon"]
@@ -459,9 +469,9 @@ def test_ha_rbac_grants_exactly_the_rules_the_code_uses(chart: helm.Chart) -> No
     as_granted = {(*g, "cluster" if ns == "" else "namespace") for ns, gs in grants.items() for g in gs}
     assert as_granted == everything
     platform = expected({"platform"}, "namespace")
-    home = expected({"store", "leader"}, "namespace")
+    home = expected({"store", "leader", "self"}, "namespace")
     assert grants.pop(NAMESPACE, set()) == home
-    assert grants.pop("", set()) == expected({"platform", "store", "leader"}, "cluster")
+    assert grants.pop("", set()) == expected({"platform", "store", "leader", "self"}, "cluster")
     assert grants == {"shop": platform, "shop-staging": platform}
 
 
@@ -474,7 +484,7 @@ def test_store_and_lease_rules_go_where_the_store_and_the_lease_are(chart: helm.
     grants = granted(render(chart, values))
     assert grants.pop("vouch-state") == expected({"store"}, "namespace")
     assert grants.pop("vouch-leases") == expected({"leader"}, "namespace")
-    assert NAMESPACE not in grants
+    assert grants.pop(NAMESPACE) == expected({"self"}, "namespace"), "the pods it labels are its own"
 
 
 def test_default_rbac_grants_only_the_platform_rules_where_it_acts(chart: helm.Chart) -> None:
@@ -520,8 +530,11 @@ def test_prometheus_rule_holds_vouchs_alerts_and_exactly_the_probe_rules(chart: 
 def test_service_monitor_scrapes_the_service_port(chart: helm.Chart) -> None:
     docs = render(chart, MONITORING)
     monitor = one(docs, "ServiceMonitor")
-    service = one(docs, "Service")
+    service = one(docs, "Service", f"{RELEASE}-metrics")
     assert monitor["spec"]["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
+    api = one(docs, "Service", RELEASE)
+    assert not monitor["spec"]["selector"]["matchLabels"].items() <= api["metadata"]["labels"].items()
+    assert service["metadata"]["labels"][monitor["spec"]["jobLabel"]] == RELEASE, "alerts select job=<release>"
     assert monitor["spec"]["endpoints"][0]["port"] in {p["name"] for p in service["spec"]["ports"]}
     assert monitor["spec"]["endpoints"][0]["path"] == "/metrics"
 

@@ -18,7 +18,7 @@ class Rule:
     resource: str  # "deployments", "pods", "services", "events", "configmaps", "leases", ...
     verbs: tuple[str, ...]
     scope: str  # "namespace" (Role) or "cluster" (ClusterRole)
-    used_by: str  # "platform" | "store" | "leader"
+    used_by: str  # "platform" | "store" | "leader" | "self" (the daemon's own pod)
 
 
 RULES: list[Rule] = [
@@ -40,5 +40,8 @@ RULES: list[Rule] = [
     # leader election (daemon/leader.py): one coordination.k8s.io/v1 Lease, read, created once, then
     # renewed and taken over with resourceVersion-checked merge patches
     Rule("coordination.k8s.io", "leases", ("get", "create", "patch"), "namespace", "leader"),
+    # the leader marks its own pod vouch.dev/leader=true (daemon/leaderlabel.py) so the Service routes the API
+    # and Alertmanager's webhooks to it; in the daemon's own namespace, with leader election
+    Rule("", "pods", ("patch",), "namespace", "self"),
     # --- end store and leader ---
 ]
