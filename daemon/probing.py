@@ -69,8 +69,9 @@ class Probing:
         return self._gate_probes[service]
 
     async def run(self) -> None:
-        """Schedule every probe and run until cancelled."""
+        """Schedule every probe and run until cancelled; may run again after (a leader elected anew)."""
         scheduler = Scheduler(on_result=self._observe)
+        self.scheduled.clear()
         try:
             for item, probe, spec in await self._plan():
                 scheduler.add(item.key, probe, spec=spec, target=item.target, labels=item.labels)
