@@ -16,6 +16,7 @@ from enum import StrEnum
 from typing import Any, Protocol, runtime_checkable
 
 from vouch.rollout.model import Target, Verdict
+from vouch.rollout.overrides import Override
 
 
 class Phase(StrEnum):
@@ -292,6 +293,23 @@ class AlertRecord:
         }
 
 
+@dataclass(frozen=True)
+class ChatThread:
+    """Where a subject's chat message lives, so a restarted daemon keeps updating the same one.
+
+    ``subject`` is a release id, or ``pr:<repository>#<number>`` for a pull
+    request's pipeline; ``ref`` is the notifier's handle for the parent message
+    (Slack's ``ts``). ``state`` is what the notifier needs to redraw the parent.
+    """
+
+    subject: str
+    notifier: str
+    channel: str
+    ref: str
+    created_at: float
+    state: Mapping[str, Any] = field(default_factory=dict)
+
+
 @runtime_checkable
 class Store(Protocol):
     """Keeps releases, promotions, step history, verdicts, events and alerts.
@@ -339,5 +357,24 @@ class Store(Protocol):
 
     async def add_alert(self, alert: AlertRecord) -> AlertRecord: ...
     async def list_alerts(self, *, limit: int = 100) -> list[AlertRecord]: ...
+
+    async def add_override(self, override: Override) -> Override:
+        """Keep a granted override. Adding the same id again returns the one kept (files are re-read)."""
+        ...
+
+    async def list_overrides(
+        self, *, service: str | None = None, environment: str | None = None, used: bool | None = None
+    ) -> list[Override]: ...
+
+    async def consume_override(
+        self, override_id: str, *, promotion_id: str, at: float, overridden: Mapping[str, Any]
+    ) -> Override:
+        """Mark the override used, atomically: ``ConflictError`` if it was used already, by anyone."""
+        ...
+
+    async def get_chat_thread(self, subject: str, notifier: str) -> ChatThread | None: ...
+    async def save_chat_thread(self, thread: ChatThread) -> None:
+        """Create or replace the thread of (subject, notifier)."""
+        ...
 
     async def close(self) -> None: ...

@@ -12,6 +12,9 @@ Layout, in one namespace, every object labelled ``app.kubernetes.io/managed-by: 
 ``<prefix>-events-<hash>``        events of one (promotion, release) pair, one key per event id,
                                   at most ``max_events`` (the oldest are dropped beyond that)
 ``<prefix>-alerts``               received alerts, at most ``max_alerts``
+``<prefix>-override-<id>``        a break-glass override; labels service, environment, gate,
+                                  used; consumed by compare-and-swap (see ``kube_overrides``)
+``<prefix>-chat-<hash>``          where a subject's chat message lives for one notifier
 ``<prefix>-lock-<svc>-<env>-<h>`` which promotion is the active one of a target (see ``kube_locks``)
 ``<prefix>-sequence``             the counter event ids, alert ids and creation order come from
 ================================  =========================================================
@@ -39,7 +42,7 @@ import asyncio
 import dataclasses
 import json
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Literal, TypeVar
+from typing import Any, Literal, TypeVar
 
 from kubernetes_asyncio.client import ApiClient
 from pydantic import Field
@@ -48,6 +51,7 @@ from vouch.core.durations import Duration
 from vouch.core.errors import ConflictError, InputError, NotFoundError, StoreError
 from vouch.core.settings import Model
 from vouch.daemon.store import kube_records as rec
+from vouch.daemon.store.documents import chat_thread_dict, chat_thread_from_dict
 from vouch.daemon.store.kube_buckets import Buckets, Sequence
 from vouch.daemon.store.kube_locks import Holder, HolderState, TargetLocks
 from vouch.daemon.store.kube_objects import (
@@ -63,13 +67,16 @@ from vouch.daemon.store.kube_objects import (
     label_value,
     name_part,
 )
+from vouch.daemon.store.kube_overrides import Overrides
+from vouch.rollout.overrides import Override
 from vouch.rollout.platforms.kube.client import KubeApiError, connect
-from vouch.rollout.state import AlertRecord, Event, Promotion, Release, StepRecord, VerdictRecord
+from vouch.rollout.state import AlertRecord, ChatThread, Event, Promotion, Release, StepRecord, VerdictRecord
 
 T = TypeVar("T")
 
 DOCUMENT = "document"
 SEQ = "seq"
+CHAT_THREAD = "chat-thread"
 
 
 class KubernetesStoreSpec(Model):
@@ -126,6 +133,9 @@ class KubernetesStore:
             inspect=self._inspect,
             bury=self._bury,
             where=self._where,
+        )
+        self._overrides = Overrides(
+            self._objects, name=lambda key: self._name("override", key), labels=self._labels, where=self._where
         )
         self._versions: dict[str, str | None] = {}
         self._writes = asyncio.Lock()
@@ -351,6 +361,46 @@ class KubernetesStore:
         found = [rec.decode(f"alert {key}", self._where, v, rec.alert_record) for key, v in rec.entries(data, "a")]
         return sorted(found, key=lambda a: (a.received_at, a.id or 0), reverse=True)[:limit]
 
+    # break-glass overrides and chat threads
+
+    async def add_override(self, override: Override) -> Override:
+        async with self._writing(f"add override {override.id}"):
+            return await self._overrides.add(override)
+
+    async def list_overrides(
+        self, *, service: str | None = None, environment: str | None = None, used: bool | None = None
+    ) -> list[Override]:
+        """The overrides that pass every filter given, in the order they were granted (oldest first)."""
+        self._check_open("list overrides")
+        return await self._overrides.list(service=service, environment=environment, used=used)
+
+    async def consume_override(
+        self, override_id: str, *, promotion_id: str, at: float, overridden: Mapping[str, Any]
+    ) -> Override:
+        async with self._writing(f"consume override {override_id}"):
+            return await self._overrides.consume(override_id, promotion_id=promotion_id, at=at, overridden=overridden)
+
+    async def get_chat_thread(self, subject: str, notifier: str) -> ChatThread | None:
+        self._check_open(f"read chat thread of {subject}")
+        found = await self._objects.get(self._chat_name(subject, notifier))
+        if found is None or found.labels.get(f"{LABEL_PREFIX}record") != CHAT_THREAD:
+            return None
+        return self._decode(f"chat thread of {subject} ({notifier})", found, chat_thread_from_dict)
+
+    async def save_chat_thread(self, thread: ChatThread) -> None:
+        """Replace the document whole (last writer wins: the thread is the notifier's own record)."""
+        data = {DOCUMENT: rec.dumps(chat_thread_dict(thread), f"chat thread of {thread.subject}")}
+        async with self._writing(f"save chat thread of {thread.subject}"):
+            name = self._chat_name(thread.subject, thread.notifier)
+            labels = self._labels(CHAT_THREAD, notifier=thread.notifier)
+            try:
+                await self._objects.patch(name, data=data, labels=labels)
+            except ObjectMissing:
+                try:
+                    await self._objects.create(name, labels=labels, data=data)
+                except ObjectExists:  # another daemon created it meanwhile: ours is the later write
+                    await self._objects.patch(name, data=data, labels=labels)
+
     async def close(self) -> None:
         """Stop taking calls and close the client if this store opened it; calling it again does nothing."""
         if self._closed:
@@ -372,6 +422,9 @@ class KubernetesStore:
 
     def _name(self, kind: str, key: str) -> str:
         return f"{self._spec.prefix}-{kind}-{name_part(key)}"
+
+    def _chat_name(self, subject: str, notifier: str) -> str:
+        return self._name("chat", f"{subject}\n{notifier}")
 
     def _labels(self, record: str, **values: str | bool | None) -> dict[str, str]:
         labels = {**MANAGED_BY, f"{LABEL_PREFIX}store": self._spec.prefix, f"{LABEL_PREFIX}record": record}

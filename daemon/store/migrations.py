@@ -110,7 +110,32 @@ _INITIAL = (
     "CREATE INDEX alerts_by_received ON alerts (received_at DESC)",
 )
 
-MIGRATIONS: tuple[Migration, ...] = (Migration(1, "initial schema", _INITIAL),)
+_OVERRIDES_AND_CHAT_THREADS = (
+    # Break-glass overrides. ``used_at`` is a column so that consuming one is a
+    # single conditional UPDATE: of two writers, exactly one finds it NULL.
+    """CREATE TABLE overrides (
+        id           TEXT PRIMARY KEY,
+        service      TEXT NOT NULL,
+        environment  TEXT NOT NULL,
+        gate         TEXT NOT NULL,
+        used_at      REAL,
+        created_at   REAL NOT NULL,
+        document     TEXT NOT NULL
+    )""",
+    "CREATE INDEX overrides_by_target ON overrides (service, environment, created_at)",
+    # Where each notifier's message of a release (or pull request) lives, so a restart keeps updating it.
+    """CREATE TABLE chat_threads (
+        subject   TEXT NOT NULL,
+        notifier  TEXT NOT NULL,
+        document  TEXT NOT NULL,
+        PRIMARY KEY (subject, notifier)
+    )""",
+)
+
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(1, "initial schema", _INITIAL),
+    Migration(2, "break-glass overrides and chat threads", _OVERRIDES_AND_CHAT_THREADS),
+)
 """Every migration, in order; ``MIGRATIONS[i].version == i + 1``."""
 
 
@@ -130,7 +155,7 @@ def migrate(conn: sqlite3.Connection, *, name: str, migrations: Sequence[Migrati
 
     >>> conn = sqlite3.connect(":memory:", isolation_level=None)
     >>> migrate(conn, name=":memory:")
-    1
+    2
     """
     _check_sequence(migrations)
     newest = migrations[-1].version if migrations else 0

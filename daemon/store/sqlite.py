@@ -4,7 +4,8 @@ Every write is committed with ``synchronous=FULL`` before its coroutine
 returns, so the engine can record an intended transition, then act on it, and
 a daemon killed in between finds the intention on restart. The rule "one
 active promotion per service and environment" is a partial unique index, so it
-holds atomically whoever writes, from however many connections or processes.
+holds atomically whoever writes, from however many connections or processes;
+so does "a break-glass override is used at most once", a conditional UPDATE.
 
 All SQLite calls run on one dedicated worker thread that owns the one
 connection: the event loop never blocks on disk, and writes are applied in the
@@ -33,9 +34,17 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from vouch.core.errors import ConflictError, InputError, NotFoundError, StoreError, VouchError
+from vouch.daemon.store.documents import (
+    already_used,
+    chat_thread_dict,
+    chat_thread_from_dict,
+    consumed,
+    override_not_found,
+)
 from vouch.daemon.store.migrations import migrate, schema_version
 from vouch.rollout.model import GatePhase, Measurement, Verdict
-from vouch.rollout.state import AlertRecord, Event, Promotion, Release, StepRecord, VerdictRecord
+from vouch.rollout.overrides import Override
+from vouch.rollout.state import AlertRecord, ChatThread, Event, Promotion, Release, StepRecord, VerdictRecord
 
 T = TypeVar("T")
 
@@ -165,6 +174,35 @@ class SqliteStore:
     async def list_alerts(self, *, limit: int = 100) -> list[AlertRecord]:
         _check_limit(limit)
         return await self._run("list alerts", self._db.list_alerts, limit=limit)
+
+    async def add_override(self, override: Override) -> Override:
+        return await self._run(f"add override {override.id}", self._db.add_override, override)
+
+    async def list_overrides(
+        self, *, service: str | None = None, environment: str | None = None, used: bool | None = None
+    ) -> list[Override]:
+        """The overrides that pass every filter given, in the order they were granted (oldest first)."""
+        return await self._run(
+            "list overrides", self._db.list_overrides, service=service, environment=environment, used=used
+        )
+
+    async def consume_override(
+        self, override_id: str, *, promotion_id: str, at: float, overridden: Mapping[str, Any]
+    ) -> Override:
+        return await self._run(
+            f"consume override {override_id}",
+            self._db.consume_override,
+            override_id,
+            promotion_id=promotion_id,
+            at=at,
+            overridden=dict(overridden),
+        )
+
+    async def get_chat_thread(self, subject: str, notifier: str) -> ChatThread | None:
+        return await self._run(f"read chat thread of {subject}", self._db.get_chat_thread, subject, notifier)
+
+    async def save_chat_thread(self, thread: ChatThread) -> None:
+        await self._run(f"save chat thread of {thread.subject}", self._db.save_chat_thread, thread)
 
     async def close(self) -> None:
         """Checkpoint the write-ahead log into the file and close; calling it again does nothing.
@@ -393,6 +431,52 @@ class _Database:
         )
         return [self._decode_row(f"alert {row[6]}", row, _alert) for row in rows]
 
+    # break-glass overrides and chat threads
+
+    def add_override(self, override: Override) -> Override:
+        """Insert unless the id is kept already; either way answer what is kept (a re-read file resets nothing)."""
+        with self._write() as conn:
+            conn.execute(_INSERT_OVERRIDE, _override_row(override))
+            kept = conn.execute("SELECT id, document FROM overrides WHERE id = ?", (override.id,)).fetchone()
+        return self._decode("override", kept, Override.from_dict)
+
+    def list_overrides(self, *, service: str | None, environment: str | None, used: bool | None) -> list[Override]:
+        where, params = _where({"service": service, "environment": environment})
+        if used is not None:
+            where += f"{' AND' if where else ' WHERE'} used_at IS {'NOT NULL' if used else 'NULL'}"
+        rows = self._conn.execute(f"SELECT id, document FROM overrides{where} ORDER BY created_at, id", params)
+        return [self._decode("override", row, Override.from_dict) for row in rows]
+
+    def consume_override(
+        self, override_id: str, *, promotion_id: str, at: float, overridden: Mapping[str, Any]
+    ) -> Override:
+        """Mark it used with one conditional UPDATE: of any number of writers, one finds ``used_at`` NULL."""
+        with self._write() as conn:
+            row = conn.execute("SELECT id, document FROM overrides WHERE id = ?", (override_id,)).fetchone()
+            if row is None:
+                raise override_not_found(override_id)
+            current = self._decode("override", row, Override.from_dict)
+            used = consumed(current, promotion_id=promotion_id, at=at, overridden=overridden)
+            document = _dumps(used.to_dict(), f"override {override_id}")
+            if conn.execute(_CONSUME_OVERRIDE, (at, document, override_id)).rowcount == 0:
+                raise already_used(current)
+        return used
+
+    def get_chat_thread(self, subject: str, notifier: str) -> ChatThread | None:
+        row = self._conn.execute(
+            "SELECT subject, document FROM chat_threads WHERE subject = ? AND notifier = ?", (subject, notifier)
+        ).fetchone()
+        if row is None:
+            return None
+        return self._decode_row(
+            f"chat thread of {subject} ({notifier})", row, lambda r: chat_thread_from_dict(json.loads(r[1]))
+        )
+
+    def save_chat_thread(self, thread: ChatThread) -> None:
+        document = _dumps(chat_thread_dict(thread), f"chat thread of {thread.subject}")
+        with self._write() as conn:
+            conn.execute(_UPSERT_CHAT_THREAD, (thread.subject, thread.notifier, document))
+
     # plumbing
 
     @contextmanager
@@ -493,6 +577,18 @@ def _promotion_row(promotion: Promotion) -> dict[str, Any]:
     }
 
 
+def _override_row(override: Override) -> dict[str, Any]:
+    return {
+        "id": override.id,
+        "service": override.service,
+        "environment": override.environment,
+        "gate": override.gate,
+        "used_at": override.used_at,
+        "created_at": override.created_at,
+        "document": _dumps(override.to_dict(), f"override {override.id}"),
+    }
+
+
 def _verdict_row(record: VerdictRecord) -> dict[str, Any]:
     verdict = record.verdict
     return {
@@ -575,4 +671,15 @@ _UPSERT_VERDICT = (
     " VALUES (:promotion_id, :step, :run, :gate, :at, :phase, :reasons, :measurements, :errored)"
     f" ON CONFLICT (promotion_id, step, run, gate) DO UPDATE SET"
     f" {', '.join(f'{f} = excluded.{f}' for f in _VERDICT_FIELDS)}"
+)
+
+_OVERRIDE_COLUMNS = ("id", "service", "environment", "gate", "used_at", "created_at", "document")
+_INSERT_OVERRIDE = (
+    f"INSERT INTO overrides ({', '.join(_OVERRIDE_COLUMNS)})"
+    f" VALUES ({', '.join(':' + c for c in _OVERRIDE_COLUMNS)}) ON CONFLICT (id) DO NOTHING"
+)
+_CONSUME_OVERRIDE = "UPDATE overrides SET used_at = ?, document = ? WHERE id = ? AND used_at IS NULL"
+_UPSERT_CHAT_THREAD = (
+    "INSERT INTO chat_threads (subject, notifier, document) VALUES (?, ?, ?)"
+    " ON CONFLICT (subject, notifier) DO UPDATE SET document = excluded.document"
 )

@@ -24,7 +24,8 @@ from support.kubeapi import VersionedKubernetes, serve_kubernetes
 
 from vouch.core.errors import ConflictError, NotFoundError, StoreError
 from vouch.daemon.store.kubernetes import KubernetesStore, KubernetesStoreSpec
-from vouch.rollout.state import Event, Phase, StepRecord, Store
+from vouch.rollout.overrides import Override
+from vouch.rollout.state import ChatThread, Event, Phase, StepRecord, Store
 
 NAMESPACE = "vouch"
 
@@ -44,6 +45,8 @@ def _load_sqlite_tests() -> ModuleType:
 _shared = _load_sqlite_tests()
 make_promotion = _shared.make_promotion
 make_release = _shared.make_release
+make_override = _shared.make_override
+FIRST_USE = _shared.FIRST_USE
 
 # The behaviour every Store must have, as the SQLite store's tests state it; `store` below is this store.
 test_promotion_with_every_field_round_trips_through_the_store = (
@@ -64,6 +67,18 @@ test_events_are_numbered_and_listed_in_order = _shared.test_events_are_numbered_
 test_event_data_that_is_not_json_is_a_store_error = _shared.test_event_data_that_is_not_json_is_a_store_error
 test_writes_keep_the_order_they_were_started_in = _shared.test_writes_keep_the_order_they_were_started_in
 test_alerts_round_trip_newest_first = _shared.test_alerts_round_trip_newest_first
+test_override_round_trips_and_adding_it_again_keeps_its_use = (
+    _shared.test_override_round_trips_and_adding_it_again_keeps_its_use
+)
+test_override_list_filters = _shared.test_override_list_filters
+test_override_is_consumed_once_and_the_second_is_told_by_whom = (
+    _shared.test_override_is_consumed_once_and_the_second_is_told_by_whom
+)
+test_unknown_override_is_not_found = _shared.test_unknown_override_is_not_found
+test_override_use_that_is_not_json_is_refused_and_leaves_it_unused = (
+    _shared.test_override_use_that_is_not_json_is_refused_and_leaves_it_unused
+)
+test_chat_thread_save_replace_and_get = _shared.test_chat_thread_save_replace_and_get
 
 
 @pytest.fixture
@@ -270,6 +285,90 @@ async def test_a_lock_naming_a_vanished_promotion_is_taken_over(
     assert lock(emulator)["data"]["promotion"] == "p-new"
     with pytest.raises(ConflictError, match="active promotion p-new"):
         await one.create_promotion(make_promotion("p-ghost"))
+
+
+async def test_two_daemons_racing_for_one_override_one_uses_it(daemons: list[KubernetesStore]) -> None:
+    one, two = daemons
+    for round_ in range(10):
+        await one.add_override(make_override(f"bg-{round_}"))
+        results = await asyncio.gather(
+            one.consume_override(f"bg-{round_}", promotion_id="p-one", at=1.0, overridden={}),
+            two.consume_override(f"bg-{round_}", promotion_id="p-two", at=2.0, overridden={}),
+            return_exceptions=True,
+        )
+        [winner] = [r for r in results if isinstance(r, Override)]
+        [loser] = [r for r in results if not isinstance(r, Override)]
+        assert isinstance(loser, ConflictError), results
+        assert f"already used by promotion {winner.promotion_id}" in str(loser)
+    assert len(await two.list_overrides(used=True)) == 10
+
+
+async def test_a_consume_refused_by_resource_version_reads_again_and_names_the_winner(
+    cluster: tuple[VersionedKubernetes, str],
+) -> None:
+    """Both daemons read the override unused; the one whose write lands second is refused by the
+    API server (stale resourceVersion), reads it again and reports the other's use."""
+    emulator, url = cluster
+    async with ApiClient(Configuration(host=url)) as api_one, ApiClient(Configuration(host=url)) as api_two:
+        one, two = KubernetesStore(api_one, spec(request_timeout=30.0)), KubernetesStore(api_two, spec())
+        await one.add_override(make_override())
+        held = emulator.fail("PATCH", "configmaps", status=0, delay=1.0, name="vouch-override-bg-1")
+        slow = asyncio.create_task(one.consume_override("bg-1", promotion_id="p-slow", at=1.0, overridden={}))
+        async with asyncio.timeout(10):
+            await held.used.wait()  # one's write, from an unused read, is at the server, held a while
+        used = await two.consume_override("bg-1", promotion_id="p-fast", at=2.0, overridden=FIRST_USE)
+        assert used.promotion_id == "p-fast"
+        with pytest.raises(ConflictError, match="already used by promotion p-fast"):
+            await slow
+        stored = json.loads(configmap(emulator, "vouch-override-bg-1")["data"]["document"])
+        assert (stored["promotion_id"], stored["overridden"]) == ("p-fast", FIRST_USE)
+        assert configmap(emulator, "vouch-override-bg-1")["metadata"]["labels"]["vouch.dev/used"] == "true"
+
+
+async def test_a_consume_whose_answer_was_lost_is_not_reported_as_a_conflict(
+    cluster: tuple[VersionedKubernetes, str], daemons: list[KubernetesStore]
+) -> None:
+    emulator, _ = cluster
+    one, two = daemons
+    await one.add_override(make_override())
+    emulator.fail("PATCH", "configmaps", status=500, after=True, name="vouch-override-bg-1")
+    used = await one.consume_override("bg-1", promotion_id="p-1", at=1.0, overridden=FIRST_USE)
+    assert used.promotion_id == "p-1"
+    with pytest.raises(ConflictError, match="already used by promotion p-1"):
+        await two.consume_override("bg-1", promotion_id="p-2", at=2.0, overridden={})
+
+
+async def test_a_new_daemon_granting_a_used_override_again_keeps_its_use(daemons: list[KubernetesStore]) -> None:
+    one, two = daemons
+    await one.add_override(make_override())
+    await one.consume_override("bg-1", promotion_id="p-1", at=5.0, overridden=FIRST_USE)
+    again = await two.add_override(make_override())
+    assert (again.used_at, again.promotion_id, again.overridden) == (5.0, "p-1", FIRST_USE)
+    assert [o.id for o in await two.list_overrides(used=False)] == []
+
+
+async def test_overrides_and_chat_threads_are_labelled_configmaps(
+    cluster: tuple[VersionedKubernetes, str], store: KubernetesStore
+) -> None:
+    emulator, _ = cluster
+    await store.add_override(make_override())
+    assert configmap(emulator, "vouch-override-bg-1")["metadata"]["labels"] == {
+        "app.kubernetes.io/managed-by": "vouch",
+        "vouch.dev/store": "vouch",
+        "vouch.dev/record": "override",
+        "vouch.dev/service": "checkout",
+        "vouch.dev/environment": "staging",
+        "vouch.dev/gate": "slo",
+        "vouch.dev/used": "false",
+    }
+    await store.save_chat_thread(ChatThread("pr:acme/checkout#42", "slack", "C1", "1.2", 1.0))
+    [thread] = [
+        obj.raw
+        for obj in emulator.objects.values()
+        if not obj.deleted and obj.raw["metadata"]["labels"].get("vouch.dev/record") == "chat-thread"
+    ]
+    assert thread["metadata"]["name"].startswith("vouch-chat-pr-acme-checkout-42-slack-")
+    assert thread["metadata"]["labels"]["vouch.dev/notifier"] == "slack"
 
 
 async def test_events_are_capped_per_promotion(cluster: tuple[VersionedKubernetes, str]) -> None:

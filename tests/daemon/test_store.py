@@ -18,10 +18,12 @@ from vouch.core.errors import ConflictError, InputError, NotFoundError, StoreErr
 from vouch.daemon.store.migrations import MIGRATIONS, Migration, migrate, schema_version
 from vouch.daemon.store.sqlite import SqliteStore
 from vouch.rollout.model import GatePhase, Measurement, Verdict
+from vouch.rollout.overrides import Override
 from vouch.rollout.state import (
     Abort,
     AlertRecord,
     AnalysisLimits,
+    ChatThread,
     Counters,
     Event,
     Phase,
@@ -130,6 +132,32 @@ def make_release(
     )
 
 
+def make_override(
+    override_id: str = "bg-1",
+    *,
+    service: str = "checkout",
+    environment: str = "staging",
+    gate: str = "slo",
+    created_at: float = 1000.0,
+) -> Override:
+    return Override(
+        override_id,
+        service,
+        environment,
+        gate,
+        version="2.4.1",
+        reason="hotfix for the outage",
+        actor="ana",
+        created_at=created_at,
+        expires_at=created_at + 3600.0,
+        source="file:hotfix.yaml",
+        data={"ticket": "OPS-7", "approvers": ["bo", "cy"]},
+    )
+
+
+FIRST_USE = {"gate": "slo", "phase": "fail", "reasons": ["error rate 2% above 1%"]}
+
+
 @pytest.fixture
 async def store(tmp_path: Path) -> AsyncIterator[SqliteStore]:
     opened = await SqliteStore.open(tmp_path / "state.db")
@@ -208,6 +236,35 @@ def test_migrations_apply_in_order_once_and_roll_back_on_failure(tmp_path: Path)
         migrate(conn, name="m.db", migrations=[first, second, broken])
     assert schema_version(conn) == 2
     assert conn.execute("SELECT name FROM sqlite_master WHERE name = 'c'").fetchone() is None
+    conn.close()
+
+
+async def test_a_file_of_an_older_schema_is_upgraded_and_keeps_its_records(tmp_path: Path) -> None:
+    """A state file written before overrides and chat threads existed gains their tables on open."""
+    path = tmp_path / "state.db"
+    conn = raw(path)
+    assert migrate(conn, name=str(path), migrations=MIGRATIONS[:1]) == 1
+    release = make_release()
+    conn.execute(
+        "INSERT INTO releases (id, service, version, phase, active, created_at, updated_at, document)"
+        " VALUES (?, ?, ?, ?, 1, ?, ?, ?)",
+        (release.id, release.service, release.version, "Progressing", 1.0, 1.0, json.dumps(release.to_dict())),
+    )
+    assert conn.execute("SELECT name FROM sqlite_master WHERE name = 'overrides'").fetchone() is None
+    conn.close()
+
+    store = await SqliteStore.open(path)
+    try:
+        assert (await store.info()).schema_version == len(MIGRATIONS) >= 2
+        assert await store.get_release("r-1") == release
+        assert await store.add_override(make_override()) == make_override()
+        await store.save_chat_thread(ChatThread("r-1", "slack", "#deploys", "1700000000.000100", 1.0))
+        assert (await store.get_chat_thread("r-1", "slack")) is not None
+    finally:
+        await store.close()
+    conn = raw(path)
+    tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    assert {"overrides", "chat_threads"} <= tables
     conn.close()
 
 
@@ -485,6 +542,125 @@ async def test_alerts_round_trip_newest_first(store: SqliteStore) -> None:
     assert newer.id is not None
     assert await store.list_alerts() == [newer, older]
     assert await store.list_alerts(limit=1) == [newer]
+
+
+# break-glass overrides and chat threads
+
+
+async def test_override_round_trips_and_adding_it_again_keeps_its_use(store: SqliteStore) -> None:
+    granted = make_override()
+    assert await store.add_override(granted) == granted
+    assert await store.list_overrides() == [granted]
+
+    used = await store.consume_override("bg-1", promotion_id="p-1", at=1_700_000_000.25, overridden=FIRST_USE)
+    assert used == dataclasses.replace(granted, used_at=1_700_000_000.25, promotion_id="p-1", overridden=FIRST_USE)
+    assert used.used
+
+    # The overrides folder is read again (a restart): the grant comes back unused, the store keeps the use.
+    assert await store.add_override(granted) == used
+    assert await store.add_override(dataclasses.replace(granted, reason="edited")) == used
+    assert await store.list_overrides() == [used]
+
+
+async def test_override_list_filters(store: SqliteStore) -> None:
+    await store.add_override(make_override("bg-3", created_at=3.0))
+    await store.add_override(make_override("bg-1", environment="production", created_at=1.0))
+    await store.add_override(make_override("bg-2", service="cart", gate="alarms", created_at=2.0))
+    await store.consume_override("bg-3", promotion_id="p-1", at=5.0, overridden={})
+
+    async def ids(**filters: Any) -> list[str]:
+        return [o.id for o in await store.list_overrides(**filters)]
+
+    assert await ids() == ["bg-1", "bg-2", "bg-3"]
+    assert await ids(service="checkout") == ["bg-1", "bg-3"]
+    assert await ids(environment="staging") == ["bg-2", "bg-3"]
+    assert await ids(service="checkout", environment="staging") == ["bg-3"]
+    assert await ids(used=True) == ["bg-3"]
+    assert await ids(used=False) == ["bg-1", "bg-2"]
+    assert await ids(service="cart", used=True) == []
+    assert await ids(service="nobody") == []
+
+
+async def test_override_is_consumed_once_and_the_second_is_told_by_whom(store: SqliteStore) -> None:
+    await store.add_override(make_override())
+    await store.consume_override("bg-1", promotion_id="p-1", at=1_700_000_000.0, overridden=FIRST_USE)
+    with pytest.raises(ConflictError) as caught:
+        await store.consume_override("bg-1", promotion_id="p-2", at=1_700_000_100.0, overridden={"gate": "slo"})
+    assert str(caught.value) == (
+        "override bg-1 (checkout@2.4.1/staging gate slo) was already used by promotion p-1 at 2023-11-14T22:13:20Z"
+    )
+    [kept] = await store.list_overrides()
+    assert (kept.promotion_id, kept.used_at, kept.overridden) == ("p-1", 1_700_000_000.0, FIRST_USE)
+
+
+async def test_unknown_override_is_not_found(store: SqliteStore) -> None:
+    with pytest.raises(NotFoundError, match="override bg-404 not found"):
+        await store.consume_override("bg-404", promotion_id="p-1", at=1.0, overridden={})
+    assert await store.list_overrides() == []
+
+
+async def test_override_use_that_is_not_json_is_refused_and_leaves_it_unused(store: SqliteStore) -> None:
+    await store.add_override(make_override())
+    with pytest.raises(StoreError, match="not JSON"):
+        await store.consume_override("bg-1", promotion_id="p-1", at=1.0, overridden={"when": object()})
+    assert [o.used for o in await store.list_overrides()] == [False]
+    assert (await store.consume_override("bg-1", promotion_id="p-1", at=2.0, overridden={})).used_at == 2.0
+
+
+async def test_chat_thread_save_replace_and_get(store: SqliteStore) -> None:
+    assert await store.get_chat_thread("r-1", "slack") is None
+    thread = ChatThread(
+        "r-1", "slack", "C0123", "1700000000.000100", 1_700_000_000.5, state={"envs": {"staging": "running"}}
+    )
+    await store.save_chat_thread(thread)
+    assert await store.get_chat_thread("r-1", "slack") == thread
+    assert await store.get_chat_thread("r-1", "webhook") is None
+    assert await store.get_chat_thread("r-2", "slack") is None
+
+    redrawn = dataclasses.replace(thread, state={"envs": {"staging": "held", "production": "running"}})
+    await store.save_chat_thread(redrawn)
+    other = ChatThread("pr:acme/checkout#42", "slack", "C0123", "1700000001.000200", 2.0)
+    await store.save_chat_thread(other)
+    assert await store.get_chat_thread("r-1", "slack") == redrawn
+    assert await store.get_chat_thread("pr:acme/checkout#42", "slack") == other
+
+
+async def test_concurrent_consumes_from_two_connections_one_wins(tmp_path: Path) -> None:
+    """Two daemons on one file race for each override: one uses it, the other is told who did."""
+    path = tmp_path / "state.db"
+    one, two = await SqliteStore.open(path), await SqliteStore.open(path)
+    try:
+        for round_ in range(20):
+            await one.add_override(make_override(f"bg-{round_}"))
+            results = await asyncio.gather(
+                one.consume_override(f"bg-{round_}", promotion_id="p-one", at=1.0, overridden={}),
+                two.consume_override(f"bg-{round_}", promotion_id="p-two", at=2.0, overridden={}),
+                return_exceptions=True,
+            )
+            [winner] = [r for r in results if isinstance(r, Override)]
+            [loser] = [r for r in results if not isinstance(r, Override)]
+            assert isinstance(loser, ConflictError), results
+            assert f"already used by promotion {winner.promotion_id}" in str(loser)
+        assert len(await two.list_overrides(used=True)) == 20
+    finally:
+        await one.close()
+        await two.close()
+
+
+async def test_a_used_override_stays_used_after_a_restart(tmp_path: Path) -> None:
+    path = tmp_path / "state.db"
+    store = await SqliteStore.open(path)
+    await store.add_override(make_override())
+    await store.consume_override("bg-1", promotion_id="p-1", at=5.0, overridden=FIRST_USE)
+    await store.close()
+    store = await SqliteStore.open(path)
+    try:
+        again = await store.add_override(make_override())
+        assert (again.used_at, again.promotion_id, again.overridden) == (5.0, "p-1", FIRST_USE)
+        with pytest.raises(ConflictError, match="already used by promotion p-1"):
+            await store.consume_override("bg-1", promotion_id="p-2", at=6.0, overridden={})
+    finally:
+        await store.close()
 
 
 # durability

@@ -20,10 +20,12 @@ from prometheus_client import CollectorRegistry
 
 from vouch.core.errors import ConflictError, InputError, NotFoundError
 from vouch.daemon.api import build_app
+from vouch.rollout.overrides import Override
 from vouch.rollout.state import (
     Abort,
     AlertRecord,
     AnalysisLimits,
+    ChatThread,
     Event,
     Phase,
     PlannedStep,
@@ -48,6 +50,8 @@ class FakeStore:
         self.verdicts: list[VerdictRecord] = []
         self.events: list[Event] = []
         self.alerts: list[AlertRecord] = []
+        self.overrides: dict[str, Override] = {}
+        self.chat_threads: dict[tuple[str, str], ChatThread] = {}
 
     async def create_release(self, release: Release) -> None:
         self.releases[release.id] = release
@@ -150,6 +154,39 @@ class FakeStore:
 
     async def list_alerts(self, *, limit: int = 100) -> list[AlertRecord]:
         return list(reversed(self.alerts))[:limit]
+
+    async def add_override(self, override: Override) -> Override:
+        return self.overrides.setdefault(override.id, override)
+
+    async def list_overrides(
+        self, *, service: str | None = None, environment: str | None = None, used: bool | None = None
+    ) -> list[Override]:
+        found = [
+            o
+            for o in self.overrides.values()
+            if (service is None or o.service == service)
+            and (environment is None or o.environment == environment)
+            and (used is None or o.used == used)
+        ]
+        return sorted(found, key=lambda o: (o.created_at, o.id))
+
+    async def consume_override(
+        self, override_id: str, *, promotion_id: str, at: float, overridden: Mapping[str, Any]
+    ) -> Override:
+        current = self.overrides.get(override_id)
+        if current is None:
+            raise NotFoundError(f"override {override_id} not found")
+        if current.used:
+            raise ConflictError(f"override {override_id} was already used by promotion {current.promotion_id}")
+        used = dataclasses.replace(current, used_at=at, promotion_id=promotion_id, overridden=dict(overridden))
+        self.overrides[override_id] = used
+        return used
+
+    async def get_chat_thread(self, subject: str, notifier: str) -> ChatThread | None:
+        return self.chat_threads.get((subject, notifier))
+
+    async def save_chat_thread(self, thread: ChatThread) -> None:
+        self.chat_threads[(thread.subject, thread.notifier)] = thread
 
     async def close(self) -> None:
         return None
