@@ -31,6 +31,7 @@ from vouch.daemon.apijson import (
     AlertQuery,
     ApiError,
     EventQuery,
+    OverrideQuery,
     PromotionQuery,
     ReleaseQuery,
     SubmitRequest,
@@ -43,6 +44,8 @@ from vouch.daemon.apijson import (
     validated,
     verdict_dict,
 )
+from vouch.daemon.breakglass import GrantRequest
+from vouch.rollout.overrides import Override
 from vouch.rollout.state import AlertRecord, Promotion, Release, Store
 
 logger = logging.getLogger(__name__)
@@ -92,6 +95,10 @@ class Controller(Protocol):
 
     async def receive_alerts(self, payload: object, *, actor: str) -> list[AlertRecord]:
         """Act on an Alertmanager webhook (version 4). InputError names the JSON path at fault."""
+        ...
+
+    async def grant_override(self, request: GrantRequest, *, actor: str) -> Override:
+        """Keep a break-glass override. InputError or NotFoundError says why a grant is refused."""
         ...
 
 
@@ -299,6 +306,19 @@ class _Routes:
         matched = list(dict.fromkeys(pid for record in records for pid in record.matched))
         return json_response({"received": len(records), "matched": matched})
 
+    async def grant_override(self, request: web.Request) -> web.Response:
+        raw = await read_json(request, max_bytes=self._max_body, required=True)
+        body = validated(GrantRequest, raw)
+        if body.actor is not None:
+            raise ApiError(422, "invalid", "actor: the actor is who calls (X-Vouch-Actor), not a field", field="actor")
+        override = await self._controller.grant_override(body, actor=actor_of(request))
+        return json_response({"override": override.to_dict()}, status=201)
+
+    async def list_overrides(self, request: web.Request) -> web.Response:
+        query = query_of(request, OverrideQuery)
+        found = await self._store.list_overrides(service=query.service, environment=query.environment, used=query.used)
+        return json_response({"overrides": [o.to_dict() for o in found]})
+
     async def list_alerts(self, request: web.Request) -> web.Response:
         query = query_of(request, AlertQuery)
         found = await self._store.list_alerts(limit=query.limit)
@@ -343,6 +363,8 @@ def build_app(
     app.router.add_get(f"{API_PREFIX}/events", routes.events)
     app.router.add_post(f"{API_PREFIX}/alerts", routes.receive_alerts)
     app.router.add_get(f"{API_PREFIX}/alerts", routes.list_alerts)
+    app.router.add_post(f"{API_PREFIX}/overrides", routes.grant_override)
+    app.router.add_get(f"{API_PREFIX}/overrides", routes.list_overrides)
     app.router.add_get("/metrics", routes.metrics)
     app.router.add_get("/healthz", routes.healthz)
     app.router.add_get("/readyz", routes.readyz)

@@ -62,6 +62,16 @@ class AbortRequest(_Body):
     reason: str | None = Field(default=None, max_length=2000)
 
 
+class OverrideQuery(BaseModel):
+    """``GET /api/v1/overrides``: filters (strings converted, unknown names refused)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    service: str | None = None
+    environment: str | None = None
+    used: bool | None = None
+
+
 class _Query(BaseModel):
     """Query strings: strings converted (``active=true``, ``limit=10``); unknown names are errors."""
 

@@ -10,6 +10,7 @@ state file on the next start.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import os
 from collections.abc import Callable, Coroutine, Sequence
@@ -21,13 +22,17 @@ from prometheus_client import CollectorRegistry, disable_created_metrics
 
 from vouch.core.errors import ConfigError, Problem
 from vouch.daemon.api import build_app
+from vouch.daemon.audit.log import AuditLog
 from vouch.daemon.auth import TokenSource, resolve_token
+from vouch.daemon.breakglass import OverrideFiles, Scope
 from vouch.daemon.config import VouchConfig
 from vouch.daemon.controller import DaemonController
+from vouch.daemon.eventflow import EventFlow
 from vouch.daemon.events import EventSink
 from vouch.daemon.leader import LeaderElector
 from vouch.daemon.leaderlabel import LeaderLabel
 from vouch.daemon.metrics import DaemonMetrics
+from vouch.daemon.notify import build_dispatcher
 from vouch.daemon.probewatch import Freshness, ProbeWatch
 from vouch.daemon.probing import Probing
 from vouch.daemon.store.kubernetes import KubernetesStore, KubernetesStoreSpec
@@ -67,10 +72,11 @@ class DaemonInfo:
 
 
 class _Hooks:
-    """Feeds the engine's changes to the metrics and the log."""
+    """Feeds the engine's changes to the metrics, and its events to the log, the audit log and the notifiers."""
 
-    def __init__(self, metrics: DaemonMetrics) -> None:
+    def __init__(self, metrics: DaemonMetrics, flow: EventFlow) -> None:
         self._metrics = metrics
+        self._flow = flow
 
     def on_transition(self, before: Promotion | None, after: Promotion) -> None:
         self._metrics.transition(before, after)
@@ -82,8 +88,7 @@ class _Hooks:
         self._metrics.step_finished(step, environment=promotion.environment)
 
     def on_event(self, event: Event) -> None:
-        where = f"{event.data.get('service', '')}/{event.data.get('environment', '')}".strip("/")
-        log.info("%s %s: %s", event.kind, where or event.release_id, event.message)
+        self._flow(event)
 
 
 def _gate_factory(
@@ -117,11 +122,21 @@ async def serve(
     traffic = TrafficRecorder(registry)
     store = await _open_store(config, state)
     elector = await _elector(config)
+    audit = AuditLog.from_spec(
+        config.audit,
+        state_dir=state,
+        signing_key=config.resolve(config.attestations.signing_key) if config.attestations.signing_key else None,
+        registry=registry,
+    )
+    await audit.open()
+    audit.record("config.loaded", actor="vouch", data=_config_summary(config))
+    dispatcher = build_dispatcher(config.notifications, store=store, registry=registry)
+    flow = EventFlow(audit=audit, publisher=dispatcher)
     platform = _platform(config, state=state, traffic=traffic, registry=registry)
     providers = build_providers(config.metric_providers, traffic=traffic)
     alerts = AlertBook()
     alerts.restore(_recorded_alerts(await store.list_alerts(limit=10_000)))
-    events = EventSink(store)
+    events = EventSink(store, on_event=flow)
     probing = Probing(config, platform, registry, on_change=lambda run: _probe_changed(events, run))
     trust = _Trust.of(config, store)
     metrics = DaemonMetrics(registry)
@@ -132,11 +147,12 @@ async def serve(
         services=config.services,
         environments=config.environments,
         gates=_gate_factory(config, providers, alerts, probing),
-        hooks=_Hooks(metrics),
+        hooks=_Hooks(metrics, flow),
         settings=settings,
         verifier=trust.verification,
         after_success=trust.attester,
     )
+    scope = Scope(config.services, config.environments, config.break_glass)
     controller = DaemonController(
         engine=engine,
         store=store,
@@ -144,8 +160,9 @@ async def serve(
         environments=config.environments,
         metrics=metrics,
         leadership=elector,
+        scope=scope,
+        on_event=flow,
     )
-    metrics.follow_leadership(controller.acting)
     app = build_app(controller, token=token.token, registry=registry, max_body_bytes=config.daemon.max_body_bytes)
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     host, port = config.host_port()
@@ -156,6 +173,9 @@ async def serve(
         await site.start()
         async with asyncio.TaskGroup() as group:
             leading = _leading_tasks(config, engine, probing, providers, registry, events)
+            if config.break_glass.directory is not None:
+                folder = config.resolve(config.break_glass.directory)
+                leading["override-files"] = OverrideFiles(folder, store=store, scope=scope, on_event=flow).run
             if elector is None:
                 for name, work in leading.items():
                     group.create_task(work(), name=name)
@@ -168,6 +188,8 @@ async def serve(
                     group.create_task(label.run(elector), name="leader-label")
                 log.info("taking part in leader election as %s; acting only while leading", elector.identity)
             group.create_task(events.run(), name="events")
+            group.create_task(audit.run(), name="audit")
+            group.create_task(dispatcher.run(), name="notify")
             if elector is not None:
                 await elector.wait_observed()
             if not controller.ready():
@@ -177,7 +199,21 @@ async def serve(
             if on_ready is not None:
                 on_ready(DaemonInfo(url=url, token=token, state_dir=state))
     finally:
-        await asyncio.shield(_shutdown(runner, platform, providers, trust, store))
+        await asyncio.shield(_shutdown(runner, platform, providers, trust, audit, store))
+
+
+def _config_summary(config: VouchConfig) -> dict[str, object]:
+    """What the audit log says about a loaded configuration: which file, its digest, what it governs."""
+    source = config.source
+    digest = hashlib.sha256(source.read_bytes()).hexdigest() if source is not None and source.is_file() else None
+    return {
+        "path": str(source) if source is not None else None,
+        "sha256": digest,
+        "services": sorted(config.services),
+        "environments": sorted(config.environments),
+        "break_glass_directory": config.break_glass.directory,
+        "notifiers": [n.name for n in config.notifications.notifiers],
+    }
 
 
 def _leading_tasks(
@@ -344,9 +380,11 @@ async def _shutdown(
     platform: Platform,
     providers: dict[str, MetricProvider],
     trust: _Trust,
+    audit: AuditLog,
     store: SqliteStore | KubernetesStore,
 ) -> None:
-    steps = [runner.cleanup, platform.stop, *(p.close for p in providers.values()), trust.close, store.close]
+    closing = [*(p.close for p in providers.values()), trust.close, audit.close, store.close]
+    steps = [runner.cleanup, platform.stop, *closing]
     for step in steps:
         try:
             await step()

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import signal
 import sys
 import time
@@ -22,11 +21,22 @@ import typer
 
 from vouch.core.errors import ConflictError
 from vouch.daemon.attestcmd import attest_app
-from vouch.daemon.auth import read_client_token
+from vouch.daemon.auditcmd import audit_app
+from vouch.daemon.breakglasscmd import break_glass_app, grant_for_promotion
 from vouch.daemon.checkcmd import check_app
-from vouch.daemon.client import VouchClient, follow_release
+from vouch.daemon.cliconnect import (
+    DEFAULT_CONFIG,
+    ConfigOpt,
+    EnvOpt,
+    JsonOpt,
+    TokenFileOpt,
+    TokenOpt,
+    UrlOpt,
+    connect,
+)
+from vouch.daemon.client import follow_release
 from vouch.daemon.cliout import err, fail, out, reported
-from vouch.daemon.config import VouchConfig, load_config
+from vouch.daemon.config import load_config
 from vouch.daemon.configcmd import config_app
 from vouch.daemon.policycmd import policy_app
 from vouch.daemon.probecmd import probe_app
@@ -50,48 +60,8 @@ app.add_typer(probe_app, name="probe")
 app.add_typer(check_app, name="check")
 app.add_typer(attest_app, name="attest")
 app.add_typer(policy_app, name="policy")
-
-DEFAULT_CONFIG = "vouch.yaml"
-
-ConfigOpt = Annotated[
-    Path | None,
-    typer.Option(
-        "--config",
-        "-c",
-        envvar="VOUCH_CONFIG",
-        help="The daemon's configuration; gives the API address and token file. Default: ./vouch.yaml if present.",
-    ),
-]
-UrlOpt = Annotated[
-    str | None, typer.Option("--url", envvar="VOUCH_URL", help="The daemon's API, e.g. http://127.0.0.1:8470.")
-]
-TokenOpt = Annotated[str | None, typer.Option("--token", envvar="VOUCH_TOKEN", help="API token.", show_default=False)]
-TokenFileOpt = Annotated[Path | None, typer.Option("--token-file", help="A file holding the API token.")]
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document to stdout; progress goes to stderr.")]
-EnvOpt = Annotated[str | None, typer.Option("--env", "-e", help="The environment, as named in the configuration.")]
-
-
-# --------------------------------------------------------------------------- plumbing
-
-
-def _load(config: Path | None) -> VouchConfig | None:
-    if config is None and Path(DEFAULT_CONFIG).exists():
-        config = Path(DEFAULT_CONFIG)
-    return load_config(config) if config is not None else None
-
-
-def connect(config: Path | None, url: str | None, token: str | None, token_file: Path | None) -> VouchClient:
-    """A client for the daemon named by the options, the configuration, or the defaults."""
-    cfg = _load(config)
-    if url is None:
-        host, port = cfg.host_port() if cfg else ("127.0.0.1", 8470)
-        url = f"http://{host}:{port}"
-    token_env = cfg.daemon.token_env if cfg else "VOUCH_TOKEN"
-    if token_file is None and cfg is not None:
-        token_file = cfg.token_path()
-    secret = read_client_token(token=token, token_file=token_file, token_env=token_env)
-    return VouchClient(url, secret, actor=os.environ.get("USER") or "cli")
-
+app.add_typer(break_glass_app, name="break-glass")
+app.add_typer(audit_app, name="audit")
 
 # --------------------------------------------------------------------------- daemon
 
@@ -155,6 +125,17 @@ def promote(
         str | None, typer.Option("--merge", help="How it was merged: fast-forward or non-fast-forward.")
     ] = None,
     pr_head: Annotated[str | None, typer.Option("--pr-head", help="The pull request's head commit.")] = None,
+    break_glass: Annotated[
+        str | None,
+        typer.Option(
+            "--break-glass",
+            metavar="GATE",
+            help="Let one failure of GATE pass, once, for this version in --env (audited; needs --reason).",
+        ),
+    ] = None,
+    reason: Annotated[
+        str | None, typer.Option("--reason", help="Why the glass is broken (with --break-glass).")
+    ] = None,
     as_json: JsonOpt = False,
     config: ConfigOpt = None,
     url: UrlOpt = None,
@@ -169,13 +150,20 @@ def promote(
     With attestations gating an environment, name the artifact (`--digest`) and the commit (`--commit`,
     `--merge`, `--pr-head`): the policy checks the attestations made for them.
 
+    In an emergency `--break-glass GATE --reason TEXT` first grants a one-time override of that gate for
+    this version in --env (see `vouch break-glass --help`): security hears of it and the audit log keeps it.
+
     Example: vouch promote checkout 2.4.1 --digest "sha256:$DIGEST" --commit "$(git rev-parse HEAD)" --wait
     """
     if (commit is None) and (merge is not None or pr_head is not None):
         fail("--merge and --pr-head describe a --commit; give it too", as_json=as_json)
+    if reason is not None and break_glass is None:
+        fail("--reason explains a --break-glass GATE; give it too", as_json=as_json)
     artifact = {"digest": digest, **({"name": artifact_name} if artifact_name else {})} if digest else None
     commit_ref = {"sha": commit, "merge": merge, "pr_head": pr_head} if commit else None
     with reported(as_json=as_json), connect(config, url, token, token_file) as client:
+        if break_glass is not None:
+            grant_for_promotion(client, service, version, environment=env, gate=break_glass, reason=reason)
         created = client.submit(service, version, environment=env, artifact=artifact, commit=commit_ref)
         release = created["release"]
         if not wait:

@@ -251,6 +251,29 @@ class VouchClient:
         result: dict[str, Any] = self._request("GET", "/api/v1/alerts", params=_query(limit=limit))
         return result
 
+    def grant_override(
+        self,
+        service: str,
+        *,
+        environment: str,
+        gate: str,
+        reason: str,
+        version: str | None = None,
+        ttl: str | None = None,
+    ) -> dict[str, Any]:
+        """Grant a break-glass override of ``gate``; the actor is this client's. Returns ``{"override": ...}``."""
+        body = {"service": service, "environment": environment, "gate": gate, "reason": reason}
+        body |= {k: v for k, v in (("version", version), ("ttl", ttl)) if v is not None}
+        result: dict[str, Any] = self._request("POST", "/api/v1/overrides", body=body)
+        return result
+
+    def list_overrides(
+        self, *, service: str | None = None, environment: str | None = None, used: bool | None = None
+    ) -> dict[str, Any]:
+        params = _query(service=service, environment=environment, used=used)
+        result: dict[str, Any] = self._request("GET", "/api/v1/overrides", params=params)
+        return result
+
     def health(self) -> dict[str, Any]:
         """``/healthz``: the daemon process answers."""
         result: dict[str, Any] = self._request("GET", "/healthz")

@@ -38,7 +38,10 @@ from pydantic import Field, PrivateAttr, StringConstraints, field_validator
 from vouch.core.durations import Duration
 from vouch.core.errors import ConfigError, NotFoundError, Problem
 from vouch.core.settings import Model
+from vouch.daemon.audit.settings import AuditSpec
+from vouch.daemon.breakglass import BreakGlassSpec
 from vouch.daemon.leader import LeaderElectionSpec
+from vouch.daemon.notify.settings import NotificationsSpec
 from vouch.daemon.store.kubernetes import KubernetesStoreSpec
 from vouch.probes.registry import ProbeDefinition
 from vouch.rollout.attestations.sources import SourceSpec
@@ -195,6 +198,14 @@ class VouchConfig(Model):
     """Check in Prometheus that every probe's series are fresh (meta-monitoring)."""
     attestations: AttestationsSpec = Field(default_factory=AttestationsSpec)
     """The ``attestations`` gate: where attestations are found and whom to trust."""
+    break_glass: BreakGlassSpec = Field(default_factory=BreakGlassSpec)
+    """One-time, expiring overrides of a gate: the folder they may be dropped in, and their limits."""
+    audit: AuditSpec = Field(default_factory=AuditSpec)
+    """The tamper-evident audit log of every transition, decision, override, configuration load and
+    API change, with its actor."""
+    notifications: NotificationsSpec = Field(default_factory=NotificationsSpec)
+    """Where events are told: Slack (one threaded message per release), webhooks, the log; and routes
+    saying which events go where (security, the escalation chain, the team's channel)."""
 
     @field_validator("probes")
     @classmethod

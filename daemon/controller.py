@@ -10,15 +10,19 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import uuid
 from collections.abc import Callable, Mapping
-from typing import Protocol
+from datetime import UTC, datetime
+from typing import Any, Protocol
 
-from vouch.core.errors import ConflictError, NotLeaderError
+from vouch.core.errors import ConflictError, InputError, NotLeaderError
+from vouch.daemon.breakglass import GrantRequest, Scope, check_grant
 from vouch.daemon.metrics import DaemonMetrics
 from vouch.rollout.alarms import Alert, AlertBook, matches, parse_webhook
 from vouch.rollout.config import EnvironmentSpec
 from vouch.rollout.engine.runner import Engine
-from vouch.rollout.state import AlertRecord, Promotion, Release, Store
+from vouch.rollout.overrides import Override
+from vouch.rollout.state import AlertRecord, Event, Promotion, Release, Store
 
 log = logging.getLogger(__name__)
 
@@ -49,9 +53,14 @@ class DaemonController:
         metrics: DaemonMetrics,
         clock: Callable[[], float] = time.time,
         leadership: Leadership | None = None,
+        scope: Scope | None = None,
+        on_event: Callable[[Event], None] = lambda event: None,
     ) -> None:
-        """``leadership`` None means this daemon is the only one and always acts."""
+        """``leadership`` None means this daemon is the only one and always acts. ``scope`` is what
+        break-glass grants are checked against (None: no grants); ``on_event`` hears of each grant."""
         self._leadership = leadership
+        self._scope = scope
+        self._on_event = on_event
         self.store = store
         self._engine = engine
         self._alerts = alerts
@@ -99,6 +108,24 @@ class DaemonController:
         self._must_act()
         return await self._engine.abort(promotion_id, actor=actor, reason=reason or f"aborted by {actor}")
 
+    async def grant_override(self, request: GrantRequest, *, actor: str) -> Override:
+        """Check and keep a break-glass override; announce it (security and the escalation chain hear of it)."""
+        self._must_act()
+        if self._scope is None:
+            raise InputError("break-glass overrides are not enabled on this daemon")
+        now = self._clock()
+        override = check_grant(
+            request, self._scope, actor=actor, override_id=f"bg-{uuid.uuid4().hex[:12]}", source="api", now=now
+        )
+        kept = await self.store.add_override(override)
+        message = f"break-glass granted by {kept.actor}: {kept.scope()}, until {_stamp(kept.expires_at)}: {kept.reason}"
+        data: dict[str, Any] = {"override": kept.to_dict(), "actor": kept.actor, "service": kept.service}
+        data |= {"environment": kept.environment, "version": kept.version, "gate": kept.gate}
+        event = await self.store.add_event(Event("override.granted", message, now, data=data))
+        log.warning("%s", message)
+        self._on_event(event)
+        return kept
+
     async def receive_alerts(self, payload: object, *, actor: str) -> list[AlertRecord]:
         """Record every alert; a firing one that matches a running promotion rolls it back now.
 
@@ -120,7 +147,15 @@ class DaemonController:
         return records
 
     async def _abort_matching(self, alert: Alert, *, received: float, actor: str) -> tuple[str, ...]:
-        targets = [p for p in self._engine.active() if self._matches(alert, p)]
+        """Roll back every running promotion the alert matches, but those a break-glass override of the
+        ``alarms`` gate holds back (once)."""
+        targets = []
+        for promotion in (p for p in self._engine.active() if self._matches(alert, p)):
+            held = await self._engine.overrides.use(promotion, "alarms", _alert_dict(alert))
+            if held is None:
+                targets.append(promotion)
+            else:
+                log.warning("alert %s held back from %s by break-glass %s", alert.name, promotion.id, held.id)
         reason = f"alert {alert.name} is firing" + (f": {alert.summary}" if alert.summary else "")
         results = await asyncio.gather(
             *(
@@ -161,3 +196,17 @@ class DaemonController:
         record = await self.store.add_alert(record)
         self._metrics.alert(record)
         return record
+
+
+def _alert_dict(alert: Alert) -> dict[str, object]:
+    return {
+        "alert": alert.name,
+        "status": alert.status,
+        "labels": dict(alert.labels),
+        "annotations": dict(alert.annotations),
+        "fingerprint": alert.fingerprint,
+    }
+
+
+def _stamp(at: float) -> str:
+    return datetime.fromtimestamp(at, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")

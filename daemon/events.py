@@ -23,9 +23,17 @@ log = logging.getLogger(__name__)
 class EventSink:
     """A queue of events and the task that stores them."""
 
-    def __init__(self, store: Store, *, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        store: Store,
+        *,
+        clock: Callable[[], float] = time.time,
+        on_event: Callable[[Event], None] = lambda event: None,
+    ) -> None:
+        """``on_event`` hears of each event once it is stored (the audit log, the notifiers)."""
         self._store = store
         self._clock = clock
+        self._on_event = on_event
         self._queue: asyncio.Queue[Event] = asyncio.Queue()
 
     def emit(self, kind: str, message: str, data: Mapping[str, Any] | None = None) -> None:
@@ -36,6 +44,7 @@ class EventSink:
         while True:
             event = await self._queue.get()
             try:
-                await self._store.add_event(event)
+                event = await self._store.add_event(event)
             except StoreError as exc:
                 log.error("could not record event %s (%s): %s", event.kind, event.message, exc)
+            self._on_event(event)

@@ -20,6 +20,7 @@ from typing import Protocol
 
 from vouch.core.errors import PlatformError, PlatformUnavailable
 from vouch.rollout.engine import decide as d
+from vouch.rollout.engine.breakglass import OverrideShell
 from vouch.rollout.gates.base import Gate
 from vouch.rollout.model import GateContext, GatePhase, Observed, Verdict
 from vouch.rollout.platforms.base import Platform
@@ -85,9 +86,11 @@ class Driver:
         clock: Callable[[], float],
         settings: DriverSettings,
         verifier: Verifier | None = None,
+        overrides: OverrideShell | None = None,
     ) -> None:
         self.promotion = promotion
         self._verifier = verifier
+        self._overrides = overrides
         self._store = store
         self._platform = platform
         self._gates = gates
@@ -181,12 +184,18 @@ class Driver:
         if self._verifier is None:
             return d.Verified()
         try:
-            return await self._verifier(p)
+            outcome = await self._verifier(p)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
             log.exception("verification of %s failed", p.target)
-            return d.Denied((f"verification could not complete: {type(exc).__name__}: {exc}",))
+            outcome = d.Denied((f"verification could not complete: {type(exc).__name__}: {exc}",))
+        if isinstance(outcome, d.Denied) and self._overrides is not None:
+            denial = Verdict("attestations", GatePhase.FAIL, outcome.reasons)
+            override = await self._overrides.use(p, "attestations", denial.to_dict())
+            if override is not None:
+                return d.Verified(f"denied, then let through once by break-glass {override.id}: {override.reason}")
+        return outcome
 
     async def _scale(self) -> d.Event:
         p = self.promotion
@@ -245,6 +254,8 @@ class Driver:
         timeout = max(p.limits.interval, self._settings.gate_timeout_min)
         gates = self._gates(p)
         verdicts = tuple(await asyncio.gather(*(_evaluate(g, ctx, timeout) for g in gates)))
+        if self._overrides is not None:
+            verdicts = await self._overrides.apply(p, verdicts)
         run = p.counters.runs + 1
         await self._store.add_verdicts([VerdictRecord(p.id, p.step, run, now, v) for v in verdicts])
         self._hooks.on_verdicts(p, verdicts)
@@ -373,5 +384,6 @@ def _event_for(before: Promotion, after: Promotion) -> Event:
         "steps": len(after.plan),
         "step_phase": after.step_phase.value if after.step_phase else None,
         "rollback_cause": after.abort.cause if after.abort else None,
+        "actor": after.abort.actor if after.abort else after.actor,
     }
     return Event(kind, after.message, after.updated_at, promotion_id=after.id, release_id=after.release_id, data=data)

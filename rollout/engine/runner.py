@@ -18,6 +18,7 @@ from collections.abc import Awaitable, Callable, Mapping
 
 from vouch.core.errors import ConflictError, InputError, NotFoundError, PlatformUnavailable
 from vouch.rollout.config import EnvironmentSpec, ServiceSpec
+from vouch.rollout.engine.breakglass import OverrideShell
 from vouch.rollout.engine.decide import can_abort
 from vouch.rollout.engine.driver import Driver, DriverSettings, EngineHooks, GateFactory, NoHooks, Verifier
 from vouch.rollout.engine.plan import resolve_limits, resolve_plan
@@ -60,6 +61,8 @@ class Engine:
         self._settings = settings or DriverSettings()
         self._verifier = verifier
         self._after_success = after_success
+        self.overrides = OverrideShell(store, on_event=self._hooks.on_event, clock=clock)
+        """Break-glass overrides, used by every promotion's driver and by whoever acts on alarms."""
         self._drivers: dict[str, Driver] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._group: asyncio.TaskGroup | None = None
@@ -214,6 +217,7 @@ class Engine:
             clock=self._clock,
             settings=self._settings,
             verifier=self._verifier,
+            overrides=self.overrides,
         )
         self._drivers[promotion.id] = driver
         self._group.create_task(self._supervise(driver), name=f"promotion:{promotion.id}")
@@ -306,5 +310,6 @@ class Engine:
 
     async def _emit_release(self, release: Release, kind: str, message: str) -> None:
         data = {"service": release.service, "version": release.version, "phase": release.phase.value}
+        data["actor"] = release.actor
         event = await self._store.add_event(Event(kind, message, self._clock(), release_id=release.id, data=data))
         self._hooks.on_event(event)
