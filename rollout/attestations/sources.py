@@ -1,4 +1,4 @@
-"""Where attestations are found and kept: one Protocol, a ``directory`` and an ``http`` implementation.
+"""Where attestations are found and kept: one Protocol, ``directory`` and ``http`` (``kubernetes``: .kubesource).
 
 Rekor v2 can no longer be searched by artifact digest, so vouch keeps the
 bundles itself, indexed by the digest of the artifact they are about. A
@@ -29,9 +29,10 @@ from vouch.core.durations import Duration
 from vouch.core.errors import ConfigError, GateError, InputError, Problem, StoreError, VouchError
 from vouch.core.settings import Model
 from vouch.rollout.attestations.dsse import parse_digest
+from vouch.rollout.attestations.kubesource import KubernetesSource, KubernetesSourceSpec
 from vouch.rollout.attestations.model import RawAttestation
 
-SOURCE_KINDS: tuple[str, ...] = ("directory", "http")
+SOURCE_KINDS: tuple[str, ...] = ("directory", "http", "kubernetes")
 """Source kinds an ``attestations.source`` setting may name."""
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,200}$")
@@ -86,18 +87,22 @@ def _source_kind(value: Any) -> str:
 
 
 SourceSpec = Annotated[
-    Annotated[DirectorySourceSpec, Tag("directory")] | Annotated[HttpSourceSpec, Tag("http")],
+    Annotated[DirectorySourceSpec, Tag("directory")]
+    | Annotated[HttpSourceSpec, Tag("http")]
+    | Annotated[KubernetesSourceSpec, Tag("kubernetes")],
     Discriminator(_source_kind),
 ]
 """A source setting, chosen by ``kind``; an unknown kind is an error naming the known ones."""
 
 
-def build_source(spec: DirectorySourceSpec | HttpSourceSpec) -> AttestationSource:
+def build_source(spec: DirectorySourceSpec | HttpSourceSpec | KubernetesSourceSpec) -> AttestationSource:
     """The source a spec describes; an unknown kind is a :class:`ConfigError` naming the known ones."""
     if isinstance(spec, DirectorySourceSpec):
         return DirectorySource(Path(spec.path))
     if isinstance(spec, HttpSourceSpec):
         return HttpSource(spec.url, timeout=spec.timeout, headers=spec.headers)
+    if isinstance(spec, KubernetesSourceSpec):
+        return KubernetesSource(spec)
     kind = getattr(spec, "kind", None)
     message = f"unknown attestation source kind {kind!r}; known kinds: {', '.join(SOURCE_KINDS)}"
     raise ConfigError([Problem("configuration", None, "attestations.source.kind", message)])

@@ -26,6 +26,7 @@ import yaml
 
 from vouch.daemon.config import parse_config
 from vouch.probes.rules import render_rules
+from vouch.rollout.attestations.kubesource import KubernetesSourceSpec
 from vouch.rollout.platforms.kube.rbac import RULES
 
 CHART = Path(__file__).resolve().parents[2] / "helm" / "vouch"
@@ -74,6 +75,13 @@ def everything_values() -> dict[str, Any]:
         "rbac": {"namespaces": ["shop-staging"]},
         "extraEnv": [{"name": "LOG_FORMAT", "value": "json"}],
     }
+
+
+def with_attestation_source(values: dict[str, Any], source: dict[str, Any]) -> dict[str, Any]:
+    """``values`` with ``config.attestations.source`` set to ``source``."""
+    config = {**(values.get("config") or yaml.safe_load((CHART / "values.yaml").read_text())["config"])}
+    config["attestations"] = {**config.get("attestations", {}), "source": source}
+    return {**values, "config": config}
 
 
 VALUE_SETS: dict[str, dict[str, Any]] = {
@@ -389,6 +397,20 @@ def test_ha_elects_a_leader_and_keeps_state_in_the_cluster(chart: helm.Chart) ->
     assert parse_config(yaml.safe_dump(rendered_config(docs))).daemon.leader_election.enabled
 
 
+def test_the_kubernetes_store_keeps_attestations_in_the_cluster_too(chart: helm.Chart) -> None:
+    config = rendered_config(render(chart, HA))
+    assert config["attestations"] == {"source": {"kind": "kubernetes"}}
+    parsed = parse_config(yaml.safe_dump(config))
+    assert isinstance(parsed.attestations.source, KubernetesSourceSpec)
+    # with the sqlite store the daemon's default (a folder in its state directory) stays
+    assert "attestations" not in rendered_config(render(chart, {}))
+    # a source the configuration names wins, and the signing key is written beside it
+    http = {"kind": "http", "url": "https://attestations.example.com/{digest}"}
+    values = with_attestation_source({**HA, "signingKey": {"existingSecret": "vouch-signing"}}, http)
+    attestations = rendered_config(render(chart, values))["attestations"]
+    assert attestations == {"source": http, "signing_key": "/etc/vouch/secrets/signing-key/signing.key"}
+
+
 def test_store_and_election_settings_pass_through_over_the_chart_defaults(chart: helm.Chart) -> None:
     values = {
         **HA,
@@ -469,9 +491,9 @@ def test_ha_rbac_grants_exactly_the_rules_the_code_uses(chart: helm.Chart) -> No
     as_granted = {(*g, "cluster" if ns == "" else "namespace") for ns, gs in grants.items() for g in gs}
     assert as_granted == everything
     platform = expected({"platform"}, "namespace")
-    home = expected({"store", "leader", "self"}, "namespace")
+    home = expected({"store", "leader", "self", "attestations"}, "namespace")
     assert grants.pop(NAMESPACE, set()) == home
-    assert grants.pop("", set()) == expected({"platform", "store", "leader", "self"}, "cluster")
+    assert grants.pop("", set()) == expected({"platform", "store", "leader", "self", "attestations"}, "cluster")
     assert grants == {"shop": platform, "shop-staging": platform}
 
 
@@ -484,7 +506,34 @@ def test_store_and_lease_rules_go_where_the_store_and_the_lease_are(chart: helm.
     grants = granted(render(chart, values))
     assert grants.pop("vouch-state") == expected({"store"}, "namespace")
     assert grants.pop("vouch-leases") == expected({"leader"}, "namespace")
-    assert grants.pop(NAMESPACE) == expected({"self"}, "namespace"), "the pods it labels are its own"
+    # the pods it labels are its own; the attestations stay in the pod's namespace unless configured
+    assert grants.pop(NAMESPACE) == expected({"self", "attestations"}, "namespace")
+
+
+def test_attestation_source_rules_go_where_its_configmaps_are(chart: helm.Chart) -> None:
+    values = with_attestation_source(HA, {"kind": "kubernetes", "namespace": "vouch-attestations"})
+    grants = granted(render(chart, values))
+    assert grants.pop("vouch-attestations") == expected({"attestations"}, "namespace")
+    assert grants.pop(NAMESPACE) == expected({"store", "leader", "self"}, "namespace")
+    # with the sqlite store, a kubernetes source named in the configuration is granted too
+    alone = granted(render(chart, with_attestation_source({}, {"kind": "kubernetes"})))
+    assert alone.pop(NAMESPACE) == expected({"attestations"}, "namespace")
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        {"kind": "kubernetes", "context": "elsewhere"},
+        {"kind": "http", "url": "https://attestations.example.com/{digest}"},
+        {"kind": "directory", "path": "/var/lib/vouch/attestations"},
+    ],
+    ids=["other-cluster", "http", "directory"],
+)
+def test_no_attestation_rules_when_the_source_is_not_in_this_cluster(chart: helm.Chart, source: dict[str, Any]) -> None:
+    grants = granted(render(chart, with_attestation_source(HA, source)))
+    assert grants[NAMESPACE] == expected({"store", "leader", "self"}, "namespace")
+    alone = granted(render(chart, with_attestation_source({}, source)))
+    assert NAMESPACE not in alone
 
 
 def test_default_rbac_grants_only_the_platform_rules_where_it_acts(chart: helm.Chart) -> None:

@@ -84,7 +84,9 @@ The daemon's configuration: `config` from the values, with what only the chart
 can know written over it: where it listens, keeps state, finds its token and
 signing key (daemon.listen, .state_dir, .token_file, attestations.signing_key),
 which store it uses and whether it elects a leader (daemon.store,
-daemon.leader_election), since the Deployment's strategy depends on those.
+daemon.leader_election), since the Deployment's strategy depends on those. With
+the kubernetes store and no attestations.source, attestations are kept in the
+cluster too (kind kubernetes), not on the pod's own state volume.
 */}}
 {{- define "vouch.config" -}}
 {{- $config := deepCopy (.Values.config | default dict) }}
@@ -106,9 +108,15 @@ daemon.leader_election), since the Deployment's strategy depends on those.
 {{- end }}
 {{- $_ = set $daemon "leader_election" $leader }}
 {{- $_ = set $config "daemon" $daemon }}
-{{- if .Values.signingKey.existingSecret }}
 {{- $attestations := deepCopy (get $config "attestations" | default dict) }}
+{{- if .Values.signingKey.existingSecret }}
 {{- $_ = set $attestations "signing_key" (printf "/etc/vouch/secrets/signing-key/%s" .Values.signingKey.key) }}
+{{- end }}
+{{- if and (eq .Values.store.kind "kubernetes") (not (get $attestations "source")) }}
+{{- /* The state folder is the pod's own: with the state in the cluster, keep attestations there too. */}}
+{{- $_ = set $attestations "source" (dict "kind" "kubernetes") }}
+{{- end }}
+{{- if $attestations }}
 {{- $_ = set $config "attestations" $attestations }}
 {{- end }}
 {{- toYaml $config }}
@@ -167,6 +175,20 @@ store is reached through a kubeconfig context or file instead of this ServiceAcc
 {{- $settings := .Values.store.settings | default dict }}
 {{- if and (eq .Values.store.kind "kubernetes") (not (get $settings "context")) (not (get $settings "kubeconfig")) }}
 {{- get $settings "namespace" | default .Release.Namespace }}
+{{- end }}
+{{- end }}
+
+{{/*
+The namespace of this cluster where the kubernetes attestation source keeps its ConfigMaps, as the
+daemon finds it: attestations.source.namespace of the rendered configuration, else the pod's. Empty
+when the source is of another kind, or reached through a kubeconfig context or file.
+*/}}
+{{- define "vouch.attestationsNamespace" -}}
+{{- $source := get (get (include "vouch.config" . | fromYaml) "attestations" | default dict) "source" | default dict }}
+{{- if eq (get $source "kind" | default "") "kubernetes" }}
+{{- if or (get $source "in_cluster") (and (not (get $source "context")) (not (get $source "kubeconfig"))) }}
+{{- get $source "namespace" | default .Release.Namespace }}
+{{- end }}
 {{- end }}
 {{- end }}
 

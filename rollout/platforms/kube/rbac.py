@@ -18,7 +18,7 @@ class Rule:
     resource: str  # "deployments", "pods", "services", "events", "configmaps", "leases", ...
     verbs: tuple[str, ...]
     scope: str  # "namespace" (Role) or "cluster" (ClusterRole)
-    used_by: str  # "platform" | "store" | "leader" | "self" (the daemon's own pod)
+    used_by: str  # "platform" | "store" | "leader" | "self" (the daemon's own pod) | "attestations"
 
 
 RULES: list[Rule] = [
@@ -44,4 +44,7 @@ RULES: list[Rule] = [
     # and Alertmanager's webhooks to it; in the daemon's own namespace, with leader election
     Rule("", "pods", ("patch",), "namespace", "self"),
     # --- end store and leader ---
+    # the kubernetes attestation source (rollout/attestations/kubesource.py): one ConfigMap per document in
+    # the source's namespace; listed by label, created, read back to check a repeated put. Never changed.
+    Rule("", "configmaps", ("get", "list", "create"), "namespace", "attestations"),
 ]
