@@ -32,6 +32,7 @@ from vouch.daemon.apijson import (
     ApiError,
     EventQuery,
     OverrideQuery,
+    PrNoticeRequest,
     PromotionQuery,
     ReleaseQuery,
     SubmitRequest,
@@ -45,6 +46,7 @@ from vouch.daemon.apijson import (
     verdict_dict,
 )
 from vouch.daemon.breakglass import GrantRequest
+from vouch.daemon.notify.base import Notice, pr_notice
 from vouch.rollout.overrides import Override
 from vouch.rollout.state import AlertRecord, Promotion, Release, Store
 
@@ -99,6 +101,10 @@ class Controller(Protocol):
 
     async def grant_override(self, request: GrantRequest, *, actor: str) -> Override:
         """Keep a break-glass override. InputError or NotFoundError says why a grant is refused."""
+        ...
+
+    def notify(self, notice: Notice) -> tuple[str, ...]:
+        """Audit and publish a notice that is not an engine event; returns the notifiers it was queued for."""
         ...
 
 
@@ -314,6 +320,15 @@ class _Routes:
         override = await self._controller.grant_override(body, actor=actor_of(request))
         return json_response({"override": override.to_dict()}, status=201)
 
+    async def notify_pr(self, request: web.Request) -> web.Response:
+        raw = await read_json(request, max_bytes=self._max_body, required=True)
+        body = validated(PrNoticeRequest, raw)
+        notice = pr_notice(
+            body.repo, body.number, body.step, body.status, url=body.url, message=body.message, actor=actor_of(request)
+        )
+        queued = self._controller.notify(notice)
+        return json_response({"subject": notice.subject, "notifiers": list(queued)}, status=202)
+
     async def list_overrides(self, request: web.Request) -> web.Response:
         query = query_of(request, OverrideQuery)
         found = await self._store.list_overrides(service=query.service, environment=query.environment, used=query.used)
@@ -365,6 +380,7 @@ def build_app(
     app.router.add_get(f"{API_PREFIX}/alerts", routes.list_alerts)
     app.router.add_post(f"{API_PREFIX}/overrides", routes.grant_override)
     app.router.add_get(f"{API_PREFIX}/overrides", routes.list_overrides)
+    app.router.add_post(f"{API_PREFIX}/notify/pr", routes.notify_pr)
     app.router.add_get("/metrics", routes.metrics)
     app.router.add_get("/healthz", routes.healthz)
     app.router.add_get("/readyz", routes.readyz)

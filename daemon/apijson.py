@@ -58,6 +58,17 @@ class SubmitRequest(_Body):
     """The commit released and how it was merged."""
 
 
+class PrNoticeRequest(_Body):
+    """``POST /api/v1/notify/pr``: one step of a pull request's pipeline, as CI reports it."""
+
+    repo: str = Field(pattern=r"^[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)+$", max_length=200)
+    number: int = Field(ge=1)
+    step: str = Field(min_length=1, max_length=100)
+    status: Literal["pending", "running", "passed", "failed", "skipped"]
+    url: str | None = Field(default=None, pattern=r"^https?://", max_length=2000)
+    message: str | None = Field(default=None, max_length=2000)
+
+
 class AbortRequest(_Body):
     reason: str | None = Field(default=None, max_length=2000)
 

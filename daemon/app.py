@@ -162,6 +162,7 @@ async def serve(
         leadership=elector,
         scope=scope,
         on_event=flow,
+        notify=flow.notify,
     )
     app = build_app(controller, token=token.token, registry=registry, max_body_bytes=config.daemon.max_body_bytes)
     runner = web.AppRunner(app, access_log=None, handle_signals=False)

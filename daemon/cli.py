@@ -38,6 +38,7 @@ from vouch.daemon.client import follow_release
 from vouch.daemon.cliout import err, fail, out, reported
 from vouch.daemon.config import load_config
 from vouch.daemon.configcmd import config_app
+from vouch.daemon.notifycmd import notify_app
 from vouch.daemon.policycmd import policy_app
 from vouch.daemon.probecmd import probe_app
 from vouch.daemon.render import print_status, render_event, status_rows, status_table
@@ -62,6 +63,7 @@ app.add_typer(attest_app, name="attest")
 app.add_typer(policy_app, name="policy")
 app.add_typer(break_glass_app, name="break-glass")
 app.add_typer(audit_app, name="audit")
+app.add_typer(notify_app, name="notify")
 
 # --------------------------------------------------------------------------- daemon
 

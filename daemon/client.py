@@ -274,6 +274,22 @@ class VouchClient:
         result: dict[str, Any] = self._request("GET", "/api/v1/overrides", params=params)
         return result
 
+    def notify_pr(
+        self,
+        repo: str,
+        number: int,
+        *,
+        step: str,
+        status: str,
+        url: str | None = None,
+        message: str | None = None,
+    ) -> dict[str, Any]:
+        """Report one step of a pull request's pipeline; the daemon threads it under the PR's chat message."""
+        body: dict[str, Any] = {"repo": repo, "number": number, "step": step, "status": status}
+        body |= {k: v for k, v in (("url", url), ("message", message)) if v is not None}
+        result: dict[str, Any] = self._request("POST", "/api/v1/notify/pr", body=body)
+        return result
+
     def health(self) -> dict[str, Any]:
         """``/healthz``: the daemon process answers."""
         result: dict[str, Any] = self._request("GET", "/healthz")

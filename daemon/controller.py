@@ -18,6 +18,7 @@ from typing import Any, Protocol
 from vouch.core.errors import ConflictError, InputError, NotLeaderError
 from vouch.daemon.breakglass import GrantRequest, Scope, check_grant
 from vouch.daemon.metrics import DaemonMetrics
+from vouch.daemon.notify.base import Notice
 from vouch.rollout.alarms import Alert, AlertBook, matches, parse_webhook
 from vouch.rollout.config import EnvironmentSpec
 from vouch.rollout.engine.runner import Engine
@@ -55,12 +56,14 @@ class DaemonController:
         leadership: Leadership | None = None,
         scope: Scope | None = None,
         on_event: Callable[[Event], None] = lambda event: None,
+        notify: Callable[[Notice], tuple[str, ...]] = lambda notice: (),
     ) -> None:
         """``leadership`` None means this daemon is the only one and always acts. ``scope`` is what
         break-glass grants are checked against (None: no grants); ``on_event`` hears of each grant."""
         self._leadership = leadership
         self._scope = scope
         self._on_event = on_event
+        self._notify = notify
         self.store = store
         self._engine = engine
         self._alerts = alerts
@@ -125,6 +128,10 @@ class DaemonController:
         log.warning("%s", message)
         self._on_event(event)
         return kept
+
+    def notify(self, notice: Notice) -> tuple[str, ...]:
+        """Audit and publish a pull request's pipeline step (any replica may: it changes no state)."""
+        return self._notify(notice)
 
     async def receive_alerts(self, payload: object, *, actor: str) -> list[AlertRecord]:
         """Record every alert; a firing one that matches a running promotion rolls it back now.

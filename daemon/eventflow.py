@@ -12,6 +12,7 @@ import logging
 from collections.abc import Mapping
 from typing import Any, Protocol
 
+from vouch.daemon.notify.base import Notice
 from vouch.rollout.state import Event
 
 log = logging.getLogger("vouch.daemon")
@@ -35,7 +36,11 @@ class Audit(Protocol):
 
 
 class Publisher(Protocol):
+    """What is asked of the notification dispatcher."""
+
     def on_event(self, event: Event) -> None: ...
+
+    def publish(self, notice: Notice) -> tuple[str, ...]: ...
 
 
 class EventFlow:
@@ -63,6 +68,15 @@ class EventFlow:
             )
         if self._publisher is not None:
             self._publisher.on_event(event)
+
+    def notify(self, notice: Notice) -> tuple[str, ...]:
+        """A notice that is not an engine event (a pull request's pipeline step): audit it, then publish it.
+
+        Returns the notifiers it was queued for."""
+        log.info("%s %s: %s", notice.kind, notice.subject or "-", notice.message)
+        if self._audit is not None:
+            self._audit.record(notice.kind, actor=notice.actor, data={"message": notice.message, **notice.data})
+        return self._publisher.publish(notice) if self._publisher is not None else ()
 
 
 def _text(value: object) -> str | None:
