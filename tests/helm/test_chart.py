@@ -24,6 +24,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from vouch.daemon.breakglass import GrantRequest
 from vouch.daemon.config import parse_config
 from vouch.probes.rules import render_rules
 from vouch.rollout.attestations.kubesource import KubernetesSourceSpec
@@ -70,7 +71,17 @@ def everything_values() -> dict[str, Any]:
         "signingKey": {"existingSecret": "vouch-signing", "key": "vouch.key"},
         "chat": {"existingSecret": "vouch-slack"},
         "kubeconfig": {"existingSecret": "vouch-kubeconfig"},
-        "breakGlass": {"overrides": {"checkout-slo.yaml": {"gate": "slo", "reason": "known flaky metric"}}},
+        "breakGlass": {
+            "overrides": {
+                "checkout-slo.yaml": {
+                    "service": "checkout",
+                    "environment": "production",
+                    "gate": "slo",
+                    "reason": "INC-7: known flaky metric",
+                    "actor": "ana@example.com",
+                }
+            }
+        },
         "persistence": {"enabled": True, "size": "2Gi"},
         "rbac": {"namespaces": ["shop-staging"]},
         "extraEnv": [{"name": "LOG_FORMAT", "value": "json"}],
@@ -626,6 +637,8 @@ def test_optional_mounts_and_their_paths_in_the_configuration(chart: helm.Chart)
     assert policies == values["policies"]["files"]
     overrides = one(docs, "ConfigMap", f"{RELEASE}-overrides")["data"]
     assert yaml.safe_load(overrides["checkout-slo.yaml"]) == values["breakGlass"]["overrides"]["checkout-slo.yaml"]
+    assert rendered_config(docs)["break_glass"]["directory"] == mounts["overrides"]
+    GrantRequest.model_validate(yaml.safe_load(overrides["checkout-slo.yaml"]))  # the file format the daemon reads
     assert one(docs, "PersistentVolumeClaim")["spec"]["resources"]["requests"]["storage"] == "2Gi"
     annotations = one(docs, "Deployment")["spec"]["template"]["metadata"]["annotations"]
     assert {"checksum/config", "checksum/policies", "checksum/trust-keys"} <= set(annotations)

@@ -86,7 +86,8 @@ signing key (daemon.listen, .state_dir, .token_file, attestations.signing_key),
 which store it uses and whether it elects a leader (daemon.store,
 daemon.leader_election), since the Deployment's strategy depends on those. With
 the kubernetes store and no attestations.source, attestations are kept in the
-cluster too (kind kubernetes), not on the pod's own state volume.
+cluster too (kind kubernetes), not on the pod's own state volume. Break-glass
+files are read from the mounted overrides ConfigMap (break_glass.directory).
 */}}
 {{- define "vouch.config" -}}
 {{- $config := deepCopy (.Values.config | default dict) }}
@@ -119,6 +120,10 @@ cluster too (kind kubernetes), not on the pod's own state volume.
 {{- if $attestations }}
 {{- $_ = set $config "attestations" $attestations }}
 {{- end }}
+{{- /* The overrides ConfigMap is always mounted there (it may be empty or missing). */}}
+{{- $breakGlass := deepCopy (get $config "break_glass" | default dict) }}
+{{- $_ = set $breakGlass "directory" "/etc/vouch/overrides" }}
+{{- $_ = set $config "break_glass" $breakGlass }}
 {{- toYaml $config }}
 {{- end }}
 
