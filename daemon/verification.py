@@ -159,8 +159,13 @@ class DeployedAttester:
             predicate_type=DEPLOYED_V1,
             predicate=_deployed(promotion, release, self._clock()),
         )
-        envelope = sign_statement(statement, [self._signer])
         name = f"deployed-{promotion.environment}-{promotion.id}"
+        if any(name in raw.source for raw in await self._source.find(digest)):
+            # Signed before (the daemon restarted between signing and moving on): an ECDSA signature
+            # would differ the second time, and a source that never replaces a document would refuse it.
+            log.info("already signed: %s %s held in %s", release.service, release.version, promotion.environment)
+            return
+        envelope = sign_statement(statement, [self._signer])
         where = await self._source.put(digest, name, json.dumps(envelope).encode())
         log.info("signed: %s %s held in %s (%s)", release.service, release.version, promotion.environment, where)
 
