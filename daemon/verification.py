@@ -77,6 +77,7 @@ class ReleaseVerification:
         checked = await asyncio.to_thread(self._check_all, raw, digest)
         verified = [c for c in checked if isinstance(c, Attestation)]
         rejected = [c for c in checked if isinstance(c, Rejected)]
+        policy = self._policies[promotion.environment]
         document = policy_input(
             environment=promotion.environment,
             service=promotion.service,
@@ -87,8 +88,9 @@ class ReleaseVerification:
             rejected=rejected,
             now=datetime.fromtimestamp(self._clock(), UTC),
             settings=self._settings.get(promotion.environment),
+            full_statements=policy.full_statements,
         )
-        decision = await self._policies[promotion.environment].decide(document)
+        decision = await policy.decide(document)
         outcome: Verified | Denied
         if decision.allow:
             outcome = Verified(f"policy allowed {len(verified)} verified attestations")

@@ -5,8 +5,8 @@ One registry builds an engine (see ``base.PolicyEngine``) from its settings by `
 policy unless ``path`` names your own); ``opa`` asks an OPA server.
 
 >>> engine = build_policy(RegoPolicySpec())
->>> engine.query
-'data.vouch.decision'
+>>> engine.query, engine.full_statements
+('data.vouch.decision', False)
 >>> OpaPolicySpec(kind="opa", url="http://127.0.0.1:8181").path
 'vouch/decision'
 """
@@ -46,6 +46,10 @@ class RegoPolicySpec(Model):
     """A directory of ``.rego`` files (or one file); unset means the default policy shipped with vouch."""
     query: str = DEFAULT_QUERY
     """The rule whose value is the decision ``{"allow": bool, "denials": [string, ...]}``."""
+    full_statements: bool | None = None
+    """Give the policy each attestation's whole statement as signed (``attestations[].statement``), besides its
+    projection. Unset: on for a policy of your own (``path``), off for vouch's default policy, which reads only
+    the projection; turn it off for your own when it does too, as handing statements over costs time."""
 
 
 class OpaPolicySpec(Model):
@@ -58,6 +62,9 @@ class OpaPolicySpec(Model):
     """The decision rule's path under ``data``, with slashes: ``vouch/decision`` is ``data.vouch.decision``."""
     timeout: Duration = 5.0
     """Longest wait for an answer; a slower server is a deny, never an allow."""
+    full_statements: bool = True
+    """Send each attestation's whole statement as signed (``attestations[].statement``), besides its projection;
+    turn it off when the server's policy reads only the projection (vouch's default policy does)."""
 
 
 PolicySpec = Annotated[RegoPolicySpec | OpaPolicySpec, Field(discriminator="kind")]
@@ -73,10 +80,11 @@ def build_policy(spec: RegoPolicySpec | OpaPolicySpec) -> PolicyEngine:
     """
     if isinstance(spec, RegoPolicySpec):
         if spec.path is None:
-            return RegoPolicy.default(query=spec.query)
-        return RegoPolicy.from_path(spec.path, query=spec.query)
+            return RegoPolicy.default(query=spec.query, full_statements=spec.full_statements or False)
+        full = True if spec.full_statements is None else spec.full_statements
+        return RegoPolicy.from_path(spec.path, query=spec.query, full_statements=full)
     if isinstance(spec, OpaPolicySpec):
-        return OpaPolicy(spec.url, spec.path, timeout=spec.timeout)
+        return OpaPolicy(spec.url, spec.path, timeout=spec.timeout, full_statements=spec.full_statements)
     kind = getattr(spec, "kind", None)
     raise ConfigError(
         [

@@ -42,6 +42,10 @@ class Decision:
 class PolicyEngine(Protocol):
     """Evaluates a policy; fails closed."""
 
+    @property
+    def full_statements(self) -> bool:
+        """Whether the policy reads whole statements: its input must then carry them (``policy_input``'s argument)."""
+
     async def decide(self, input: Mapping[str, Any]) -> Decision:
         """Decide on ``input`` (see ``rollout/policy/input.schema.json``)."""
 

@@ -2,10 +2,12 @@
 
 The input is one JSON object, documented by ``input.schema.json`` beside this
 module: the environment, the service and version, the artifact and the commit
-released, every verified attestation and every rejected one (with why), the
-clock, and optional environment settings the policy may read. A decision is
-kept with ``canonical_digest`` of its input, so it can be explained and re-run
-on exactly the same bytes.
+released, every verified attestation (as the projection of
+:mod:`~vouch.rollout.policy.projection`, with the whole statement when the
+policy asks for it) and every rejected one (with why), the clock, and optional
+environment settings the policy may read. A decision is kept with
+``canonical_digest`` of its input, so it can be explained and re-run on exactly
+the same bytes.
 
 Both engines (embedded Rego and an OPA server) read the policy's answer with
 :func:`read_decision`, so both fail closed the same way.
@@ -34,6 +36,7 @@ from typing import Any
 
 from vouch.core.errors import InputError
 from vouch.rollout.attestations.model import Attestation, Rejected
+from vouch.rollout.policy.projection import project
 
 MERGE_KINDS = ("fast-forward", "non-fast-forward")
 """How a commit reached the branch released; ``None`` when unknown (then no pull request's evidence counts)."""
@@ -76,6 +79,7 @@ def policy_input(
     rejected: Sequence[Rejected],
     now: datetime,
     settings: Mapping[str, Any] | None = None,
+    full_statements: bool = False,
 ) -> dict[str, Any]:
     """The policy input for one promotion (see ``input.schema.json``).
 
@@ -85,6 +89,9 @@ def policy_input(
     the pull request's head commit or ``None``, and ``author`` optional.
     ``settings`` are the environment's policy settings, passed through for the
     policy to read (the default policy merges them over its own defaults).
+    ``full_statements`` adds each attestation's whole statement to its
+    projection, for a policy that reads more than the projection keeps (the
+    engine says which it wants: ``PolicyEngine.full_statements``).
 
     Raises :class:`InputError` naming the field when one is malformed, so a bad
     request is refused where it is made rather than denied later for a reason
@@ -98,7 +105,7 @@ def policy_input(
         "version": _text(version, "version"),
         "artifact": _artifact(artifact),
         "commit": _commit(commit),
-        "attestations": [a.to_policy_input() for a in attestations],
+        "attestations": [project(a, full_statement=full_statements) for a in attestations],
         "rejected": [r.to_policy_input() for r in rejected],
         "now": now.astimezone(UTC).isoformat().replace("+00:00", "Z"),
     }
@@ -128,7 +135,8 @@ def read_decision(value: Any) -> tuple[bool, tuple[str, ...]]:
     (True, ())
     >>> read_decision({"allow": True, "denials": ["coverage 71% < 80%"]})
     (False, ('coverage 71% < 80%',))
-    >>> print(read_decision({"allow": False, "denials": {"missing build": True}})[1][0])
+    >>> v0 = {"allow": False, "denials": {"missing build": True}}
+    >>> print(read_decision(v0)[1][0])  # doctest: +NORMALIZE_WHITESPACE
     policy decision malformed: 'denials' must be a set or array of strings, got an object {"missing build":true}
     (a Rego v0-style `deny[msg] { ... }` rule defines an object)
     """

@@ -43,13 +43,27 @@ class OpaPolicy:
     client can know of the policy a server ran.
     """
 
-    def __init__(self, url: str, path: str, *, timeout: float = 5.0, client: httpx.AsyncClient | None = None) -> None:
+    def __init__(
+        self,
+        url: str,
+        path: str,
+        *,
+        timeout: float = 5.0,
+        full_statements: bool = True,
+        client: httpx.AsyncClient | None = None,
+    ) -> None:
         self.url = url.rstrip("/")
         self.path = path.strip("/")
         self.endpoint = f"{self.url}/v1/data/{self.path}"
         self.timeout = timeout
+        self._full_statements = full_statements
         self._owns_client = client is None
         self._client = client if client is not None else httpx.AsyncClient(timeout=timeout)
+
+    @property
+    def full_statements(self) -> bool:
+        """Whether the server's policy is sent each attestation's whole statement, not only its projection."""
+        return self._full_statements
 
     async def decide(self, input: Mapping[str, Any]) -> Decision:
         """Ask the server; never raises for what the server does (see the module docstring)."""

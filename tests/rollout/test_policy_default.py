@@ -347,3 +347,44 @@ def test_an_input_the_policy_cannot_read_denies(policy: RegoPolicy) -> None:
     assert decide(policy, doc).denials == (
         "policy input malformed: the environment's required steps must be a list of step names",
     )
+
+
+# --------------------------------------------------------------------------- failing closed on the predicate's shape
+
+
+@pytest.mark.parametrize(
+    ("step", "change"),
+    [
+        # test-result v0.1 makes failedTests optional, and vouch's network-tests schema failed_tests.
+        ("tests", lambda p: p.update(result="FAILED") or p.pop("failedTests")),
+        ("network-tests", lambda p: p.update(result="FAILED")),
+    ],
+    ids=["tests-without-failedTests", "network-tests-without-failed_tests"],
+)
+def test_failed_tests_that_name_no_failed_test_still_deny(
+    policy: RegoPolicy, step: str, change: Callable[[dict[str, Any]], None]
+) -> None:
+    decision = decide(policy, document("staging", replace(complete(STAGING_STEPS), changed(step, change))))
+    assert decision.denials == (
+        f"staging: step '{step}': attestation attestations/{step}.json does not count: "
+        "the tests' result is FAILED, expected PASSED (failed: [])",
+    )
+
+
+def test_a_step_that_fails_for_a_reason_no_rule_words_still_denies_and_says_so(policy: RegoPolicy) -> None:
+    # Such a predicate never passes verification (dco's schema wants a list); a hand-made input can hold it.
+    odd = changed("dco", lambda p: p.update(commits="1f1f1f1"))
+    decision = decide(policy, document("staging", replace(complete(STAGING_STEPS), odd)))
+    assert decision.denials == ("staging: step 'dco' did not pass, and this policy could not say why",)
+
+
+def test_whole_statements_change_no_decision(policy: RegoPolicy) -> None:
+    # The default policy reads only the projection; a policy input that also carries the statements is the same case.
+    cases = [complete(STAGING_STEPS)] + [
+        replace(complete(STAGING_STEPS), changed(step, change)) for step, change, _ in FAILURES
+    ]
+    for attestations in cases:
+        projected = document("staging", attestations)
+        whole = document("staging", attestations, full_statements=True)
+        assert whole["attestations"] != projected["attestations"]
+        assert decide(policy, whole).denials == decide(policy, projected).denials

@@ -8,11 +8,12 @@ from typing import Any
 
 import pytest
 from jsonschema import Draft202012Validator
-from support.policy_inputs import MERGED, PR_HEAD, PRODUCTION_STEPS, attestation, document
+from support.policy_inputs import ARTIFACT, MERGED, PR_HEAD, PRODUCTION_STEPS, attestation, document
 
 from vouch.core.errors import InputError
 from vouch.rollout.attestations.model import Rejected
 from vouch.rollout.policy.input import canonical_digest, canonical_json, input_schema, policy_input, read_decision
+from vouch.rollout.policy.projection import project
 
 
 def validator() -> Draft202012Validator:
@@ -58,10 +59,36 @@ def test_the_schema_catches_a_malformed_input() -> None:
     assert any("does not match" in e for e in found)
 
 
-def test_attestations_are_the_models_own_policy_input() -> None:
+def test_attestations_are_their_projections() -> None:
     item = attestation("coverage")
     doc = document("dev", [item])
-    assert doc["attestations"] == [item.to_policy_input()]
+    assert doc["attestations"] == [project(item)]
+    assert doc["attestations"][0]["predicate"] == {"percent": 91.5}
+    assert "statement" not in doc["attestations"][0]
+
+
+def test_full_statements_carry_each_statement_as_signed_and_validate() -> None:
+    items = [attestation(step) for step in PRODUCTION_STEPS]
+    doc = policy_input(
+        environment="production",
+        service="checkout",
+        version="2.4.1",
+        artifact={"digest": ARTIFACT},
+        commit={"sha": MERGED},
+        attestations=items,
+        rejected=[],
+        now=datetime(2026, 1, 1, tzinfo=UTC),
+        full_statements=True,
+    )
+    assert errors(doc) == []
+    for item, seen in zip(items, doc["attestations"], strict=True):
+        assert seen["statement"] == {
+            "_type": "https://in-toto.io/Statement/v1",
+            "subject": [{"name": s.name, "digest": dict(s.digest)} for s in item.statement.subjects],
+            "predicateType": item.statement.predicate_type,
+            "predicate": dict(item.statement.predicate),
+        }
+        assert {k: v for k, v in seen.items() if k != "statement"} == project(item)
 
 
 def test_now_is_utc_rfc3339() -> None:

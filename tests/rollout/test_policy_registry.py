@@ -35,6 +35,32 @@ def test_a_rego_path_and_query_are_used(tmp_path: Path) -> None:
     assert engine.evaluate({}).allow
 
 
+@pytest.mark.parametrize(
+    ("fields", "full"),
+    [
+        ({}, False),
+        ({"full_statements": True}, True),
+        ({"path": "mine.rego"}, True),
+        ({"path": "mine.rego", "full_statements": False}, False),
+    ],
+    ids=["default-policy", "default-policy-asks", "own-policy", "own-policy-declines"],
+)
+def test_whole_statements_go_to_a_policy_of_your_own_unless_it_declines(
+    tmp_path: Path, fields: dict[str, Any], full: bool
+) -> None:
+    (tmp_path / "mine.rego").write_text('package vouch\n\ndecision := {"allow": true, "denials": []}\n')
+    if "path" in fields:
+        fields = {**fields, "path": str(tmp_path / fields["path"])}
+    assert build_policy(RegoPolicySpec(**fields)).full_statements is full
+
+
+async def test_an_opa_server_gets_whole_statements_unless_it_declines() -> None:
+    for fields, full in (({}, True), ({"full_statements": False}, False)):
+        engine = build_policy(OpaPolicySpec(kind="opa", url="http://127.0.0.1:8181", **fields))
+        assert engine.full_statements is full
+        await engine.close()
+
+
 def test_an_invalid_rego_policy_is_a_config_error_when_built(tmp_path: Path) -> None:
     (tmp_path / "bad.rego").write_text("package corp\n\nverdict := {\n")
     with pytest.raises(ConfigError) as raised:

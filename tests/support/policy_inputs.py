@@ -1,7 +1,7 @@
 """Policy inputs for tests: verified attestations for every pipeline step, passing unless told otherwise.
 
-Everything is built through the real model (``Attestation.to_policy_input``) and
-``policy_input``, so the tests read the same documents the gate will give the policy.
+Everything is built through the real model (``Attestation``) and ``policy_input``,
+so the tests read the same documents the gate will give the policy.
 """
 
 from __future__ import annotations
@@ -157,6 +157,7 @@ def document(
     author: str | None = "ann",
     rejected: Iterable[Rejected] = (),
     settings: Mapping[str, Any] | None = None,
+    full_statements: bool = False,
 ) -> dict[str, Any]:
     """The policy input for releasing ``checkout`` 2.4.1 (``ARTIFACT`` at ``MERGED``) into ``environment``."""
     if attestations is None:
@@ -175,6 +176,7 @@ def document(
         rejected=list(rejected),
         now=NOW,
         settings=settings,
+        full_statements=full_statements,
     )
 
 

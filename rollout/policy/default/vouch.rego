@@ -5,41 +5,47 @@
 # Rego v1 syntax throughout (`if`, `contains`, `in`): an interpreter reading v0 rules such as
 # `deny[msg] { ... }` gives them another meaning.
 #
-# Input: rollout/policy/input.schema.json. Settings for the environment come from
-# input.settings, merged over `defaults` below; an environment with no defaults of its own
-# gets production's, the strictest.
+# Input: rollout/policy/input.schema.json. Each attestation is its projection: step, the
+# predicate fields below, subjects as "sha256:HEX", the commits it names, signers, source.
+# Settings for the environment come from input.settings, merged over the environment's
+# defaults below; an environment with no defaults of its own gets production's, the strictest.
 #
 # An attestation counts for a required step when
 #   - one of its subjects is the artifact (same sha256 digest),
-#   - it names the released commit (input.commit.sha); a step about the artifact alone
-#     (settings.artifact_only_steps) may name no commit. A fast-forward merge releases the
-#     pull request's head itself, so the pull request's attestations name this very commit;
-#     a non-fast-forward merge makes a new commit, whose attestations must be made again,
+#   - it names the released commit (input.commit.sha) among its commits; a step about the
+#     artifact alone (settings.artifact_only_steps) may name no commit. A fast-forward merge
+#     releases the pull request's head itself, so the pull request's attestations name this
+#     very commit; a non-fast-forward merge makes a new commit, whose attestations must be
+#     made again,
 #   - it is signed by a signer accepted for the step (settings.signers; any verified signer
 #     when the step lists none),
 #   - its predicate says the step passed (below).
 #
-# Predicate fields read (vouch's own: rollout/attestations/schemas/STEP.v1.json):
-#   every vouch predicate           commit: the hex commit id the step ran on
-#   build (SLSA provenance v1)      buildDefinition.resolvedDependencies[].digest.gitCommit
-#   tests (test-result v0.1)        result == "PASSED"; configuration[].digest.gitCommit; failedTests
-#   vulnerability-scan (vulns v0.2) scanner.result[] {id, severity[] {method, score}}; a score is
+# Predicate fields read (vouch's own: rollout/attestations/schemas/STEP.v1.json); the
+# projection keeps exactly these (rollout/policy/projection.py):
+#   tests (test-result v0.1)        result == "PASSED"; failedTests
+#   vulnerability-scan (vulns v0.2) scanner.result[] {id, severity[] {score}}; a score is
 #                                   a level ("CRITICAL", "HIGH", ...) or a CVSS number
 #   dco                             passed; commits[] {sha, signed_off, reason}
-#   signed-commits                  passed; commits[] {sha, verified, signer, reason}
+#   signed-commits                  passed; commits[] {sha, verified, reason}
 #   coverage                        percent
-#   secret-scan                     findings[] {rule, file, line} (a count is accepted too)
+#   secret-scan                     findings[] {rule, file} (a count is accepted too)
 #   review-approval                 author; approvers[] {name, commit}
 #   ephemeral-environment-health    healthy; checks[] {name, passed}
 #   network-tests                   result == "PASSED"; failed_tests
 #   deployed                        environment, service (and held, when given, is true)
+#
+# Written for the embedded engine (regopy), which spends microseconds on every expression,
+# every function rule it tries and every literal it builds, once per decision: the rules
+# that decide are few and flat, and the rules that explain a denial start with
+# `count(failing) > 0`, so they cost nothing when all is well.
 package vouch
 
 # --------------------------------------------------------------------------- settings
 
-pr_steps := ["build", "tests"]
-
-staging_steps := array.concat(pr_steps, [
+staging_steps := [
+	"build",
+	"tests",
 	"dco",
 	"signed-commits",
 	"vulnerability-scan",
@@ -48,9 +54,20 @@ staging_steps := array.concat(pr_steps, [
 	"review-approval",
 	"ephemeral-environment-health",
 	"network-tests",
-])
+]
 
-common := {
+# Each environment's defaults are written out whole, and only the environment's own are
+# built: the engine builds a rule's value again for every decision that reads it.
+environment_defaults := production_defaults if {
+	environment == "production"
+} else := staging_defaults if {
+	environment == "staging"
+} else := dev_defaults if {
+	environment == "dev"
+} else := production_defaults
+
+dev_defaults := {
+	"required": ["build", "tests"],
 	"signers": {},
 	"max_critical": 0,
 	"max_high": 3,
@@ -59,17 +76,27 @@ common := {
 	"artifact_only_steps": ["vulnerability-scan", "artifact-signature", "deployed"],
 }
 
-defaults := {
-	"dev": object.union(common, {"required": pr_steps}),
-	"staging": object.union(common, {"required": staging_steps}),
-	"production": object.union(common, {"required": array.concat(staging_steps, ["deployed"])}),
+staging_defaults := {
+	"required": staging_steps,
+	"signers": {},
+	"max_critical": 0,
+	"max_high": 3,
+	"min_coverage": 80,
+	"previous_environment": "staging",
+	"artifact_only_steps": ["vulnerability-scan", "artifact-signature", "deployed"],
+}
+
+production_defaults := {
+	"required": array.concat(staging_steps, ["deployed"]),
+	"signers": {},
+	"max_critical": 0,
+	"max_high": 3,
+	"min_coverage": 80,
+	"previous_environment": "staging",
+	"artifact_only_steps": ["vulnerability-scan", "artifact-signature", "deployed"],
 }
 
 environment := input.environment
-
-environment_defaults := defaults[environment] if {
-	defaults[environment]
-} else := defaults.production
 
 settings := object.union(environment_defaults, object.get(input, "settings", {}))
 
@@ -77,19 +104,27 @@ required := {step | some step in settings.required}
 
 artifact_only := {step | some step in settings.artifact_only_steps}
 
+any_signer if count(settings.signers) == 0
+
 sha := input.commit.sha
 
-artifact_hex := trim_prefix(input.artifact.digest, "sha256:")
+artifact := input.artifact.digest
 
 # --------------------------------------------------------------------------- the decision
 
 decision := {"allow": count(denials) == 0, "denials": denials}
 
-denials := (((missing | not_counting) | rejected) | commit_denials) | malformed
+denials := ((((missing | not_counting) | rejected) | commit_denials) | malformed) | unexplained
 
 # An input this policy cannot read denies: without it every rule below would be undefined,
-# and an empty set of denials would allow.
-malformed := (
+# and an empty set of denials would allow. A well-formed input skips building the five sets.
+malformed := set() if {
+	valid_environment
+	valid_artifact
+	valid_commit
+	is_array(input.attestations)
+	valid_required
+} else := (
 	(({no_environment | not valid_environment} | {no_artifact | not valid_artifact}) | {no_commit | not valid_commit})
 	| {no_attestations | not is_array(input.attestations)}
 ) | {no_required | not valid_required}
@@ -125,38 +160,40 @@ no_attestations := "policy input malformed: input.attestations must be a list"
 
 no_required := "policy input malformed: the environment's required steps must be a list of step names"
 
-# Written as comprehensions rather than partial rules: the embedded interpreter evaluates
-# them several times faster, and a decision is on every promotion's path.
-
-# verdicts: [step, source, why] for each attestation of a required step; an empty `why` means it counts.
-verdicts := [[a.step, a.source, why] |
+# The steps with an attestation that counts: the one rule that reads every attestation when
+# everything passes.
+passed := {a.step |
 	some a in input.attestations
-	a.step in required
-	why := ((artifact_problems(a) | commit_problems(a)) | signer_problems(a)) | step_failures(a)
-]
+	artifact in a.subjects
+	commit_named(a)
+	signer_ok(a)
+	step_passed(a.step, a.predicate)
+}
 
-passed := {v[0] | some v in verdicts; count(v[2]) == 0}
-
-seen := {a.step | some a in input.attestations}
+failing := required - passed
 
 missing := {msg |
-	some step in required
+	count(failing) > 0
+	some step in failing
 	not step in seen
 	msg := sprintf("%s: step '%s' is missing: expected %s, for artifact %s at commit %s%s", [
-		environment, step, expectation(step), input.artifact.digest, sha, signer_clause(step),
+		environment, step, expectation(step), artifact, sha, signer_clause(step),
 	])
 }
 
+seen := {a.step | some a in input.attestations}
+
 not_counting := {msg |
-	some v in verdicts
-	some reason in v[2]
-	not v[0] in passed
-	msg := sprintf("%s: step '%s': attestation %s does not count: %s", [environment, v[0], v[1], reason])
+	count(failing) > 0
+	some a in input.attestations
+	a.step in failing
+	some reason in why(a)
+	msg := sprintf("%s: step '%s': attestation %s does not count: %s", [environment, a.step, a.source, reason])
 }
 
 rejected := {msg |
+	count(failing) > 0
 	some r in input.rejected
-	count(required - passed) > 0
 	msg := sprintf("%s: an attestation was rejected, so it counts for no step: %s (%s): %s", [
 		environment, r.source, r.digest, r.reason,
 	])
@@ -170,6 +207,25 @@ commit_denials := {msg |
 		environment, input.commit.pr_head, sha,
 	])
 }
+
+# A step that did not pass always says why; should no rule above explain it, this does,
+# so that a failing step can never leave the denials empty.
+unexplained := {msg |
+	count(failing) > 0
+	some step in failing
+	not explained(step)
+	msg := sprintf("%s: step '%s' did not pass, and this policy could not say why", [environment, step])
+}
+
+explained(step) if not step in seen
+
+explained(step) if {
+	some a in input.attestations
+	a.step == step
+	count(why(a)) > 0
+}
+
+why(a) := ((artifact_problems(a) | commit_problems(a)) | signer_problems(a)) | step_failures(a)
 
 expectation(step) := text if {
 	text := expectations[step]
@@ -197,58 +253,19 @@ signer_clause(step) := sprintf(", signed by one of %v", [accepted_signers(step)]
 	count(accepted_signers(step)) > 0
 } else := ""
 
-# --------------------------------------------------------------------------- why an attestation does not count
+# --------------------------------------------------------------------------- subject, commit, signer
 
-artifact_problems(a) := set() if {
-	about_artifact(a)
-} else := {sprintf("its subjects %v do not include the artifact %s", [subject_digests(a), input.artifact.digest])}
-
-signer_problems(a) := set() if {
-	count(settings.signers) == 0
-} else := set() if {
-	signer_accepted(a)
-} else := {sprintf("signed by %v, none of the signers accepted for '%s' in %s: %v", [
-	signer_names(a), a.step, environment, accepted_signers(a.step),
-])}
-
-about_artifact(a) if {
-	some s in a.subjects
-	s.digest.sha256 == artifact_hex
+commit_named(a) := true if {
+	sha in a.commits
+} else := true if {
+	a.commits == []
+	a.step in artifact_only
 }
 
-subject_digests(a) := [d | some s in a.subjects; d := sprintf("sha256:%v", [s.digest.sha256])]
-
-# The commits an attestation says it was made for: vouch's predicates name one in `commit`;
-# standard ones through their resource descriptors' gitCommit.
-named_commits(a) := {a.predicate.commit} if {
-	is_string(a.predicate.commit)
-} else := {c | some d in descriptors(a); c := d.digest.gitCommit; is_string(c)}
-
-descriptors(a) := a.predicate.buildDefinition.resolvedDependencies if {
-	a.step == "build"
-	is_array(a.predicate.buildDefinition.resolvedDependencies)
-} else := a.predicate.configuration if {
-	is_array(a.predicate.configuration)
-} else := []
-
-commit_problems(a) := set() if {
-	a.predicate.commit == sha
-} else := set() if {
-	sha in named_commits(a)
-} else := set() if {
-	count(named_commits(a)) == 0
-	a.step in artifact_only
-} else := {msg} if {
-	count(named_commits(a)) == 0
-	msg := sprintf("it names no commit; expected one made for commit %s", [sha])
-} else := {msg} if {
-	input.commit.merge == "non-fast-forward"
-	input.commit.pr_head in named_commits(a)
-	msg := sprintf("it was made for the pull request head %s; a non-fast-forward merge made the new commit %s, whose attestations must be made again", [
-		input.commit.pr_head, sha,
-	])
-} else := {msg} if {
-	msg := sprintf("it was made for commit %v, not the released commit %s", [sort(named_commits(a)), sha])
+signer_ok(a) := true if {
+	any_signer
+} else := true if {
+	signer_accepted(a)
 }
 
 accepted_signers(step) := object.get(settings.signers, step, [])
@@ -265,6 +282,31 @@ signer_accepted(a) if {
 	}
 }
 
+artifact_problems(a) := set() if {
+	artifact in a.subjects
+} else := {sprintf("its subjects %v do not include the artifact %s", [a.subjects, artifact])}
+
+commit_problems(a) := set() if {
+	commit_named(a)
+} else := {msg} if {
+	count(a.commits) == 0
+	msg := sprintf("it names no commit; expected one made for commit %s", [sha])
+} else := {msg} if {
+	input.commit.merge == "non-fast-forward"
+	input.commit.pr_head in a.commits
+	msg := sprintf("it was made for the pull request head %s; a non-fast-forward merge made the new commit %s, whose attestations must be made again", [
+		input.commit.pr_head, sha,
+	])
+} else := {msg} if {
+	msg := sprintf("it was made for commit %v, not the released commit %s", [{c | some c in a.commits}, sha])
+}
+
+signer_problems(a) := set() if {
+	signer_ok(a)
+} else := {sprintf("signed by %v, none of the signers accepted for '%s' in %s: %v", [
+	signer_names(a), a.step, environment, accepted_signers(a.step),
+])}
+
 signer_names(a) := [name |
 	some s in a.signers
 	name := signer_name(s)
@@ -272,9 +314,65 @@ signer_names(a) := [name |
 
 signer_name(s) := sprintf("key %s", [s.keyid]) if {
 	s.kind == "key"
-} else := sprintf("%v (issuer %v)", [s.identity, s.issuer])
+} else := sprintf("%v (issuer %v)", [object.get(s, "identity", null), object.get(s, "issuer", null)])
 
 # --------------------------------------------------------------------------- did the step pass
+
+# step_passed(step, p): the step recorded with predicate p passed. One chain, the most
+# frequent steps first: the engine tries every rule of a function, so a rule per step
+# would cost each attestation a dozen tries. A step not judged here (build,
+# artifact-signature, ...) passes on its subject, commit and signer alone.
+step_passed(step, p) := true if {
+	step == "tests"
+	p.result == "PASSED"
+} else := true if {
+	not step in judged_steps
+} else := true if {
+	step == "network-tests"
+	p.result == "PASSED"
+} else := true if {
+	step == "coverage"
+	is_number(p.percent)
+	p.percent >= settings.min_coverage
+} else := true if {
+	step == "dco"
+	p.passed == true
+	every c in object.get(p, "commits", []) {
+		c.signed_off == true
+	}
+} else := true if {
+	step == "signed-commits"
+	p.passed == true
+	every c in object.get(p, "commits", []) {
+		c.verified == true
+	}
+} else := true if {
+	step == "secret-scan"
+	p.findings in [[], 0]
+} else := true if {
+	step == "review-approval"
+	authors := author_names(p)
+	some approver in object.get(p, "approvers", [])
+	is_string(approver.name)
+	not lower(approver.name) in authors
+	object.get(approver, "commit", sha) == sha
+} else := true if {
+	step == "ephemeral-environment-health"
+	p.healthy == true
+} else := true if {
+	step == "vulnerability-scan"
+	vulnerabilities_within_limits(p)
+} else := true if {
+	step == "deployed"
+	object.get(p, "environment", null) == settings.previous_environment
+	object.get(p, "service", null) == input.service
+	object.get(p, "held", true) == true
+}
+
+judged_steps := {
+	"tests", "network-tests", "dco", "signed-commits", "coverage", "secret-scan",
+	"review-approval", "ephemeral-environment-health", "deployed", "vulnerability-scan",
+}
 
 # step_failures(a): why the step recorded by `a` did not pass; empty when it passed.
 #
@@ -283,7 +381,9 @@ signer_name(s) := sprintf("key %s", [s.keyid]) if {
 # text and the answer is no longer JSON. Fixed texts are therefore rule-level constants or a
 # function's own value, and missing fields are read through text_of().
 
-step_failures(a) := test_failures(a.predicate, a.predicate.failedTests) if {
+step_failures(a) := set() if {
+	step_passed(a.step, a.predicate)
+} else := test_failures(a.predicate, object.get(a.predicate, "failedTests", [])) if {
 	a.step == "tests"
 } else := dco_failures(a.predicate) if {
 	a.step == "dco"
@@ -299,7 +399,7 @@ step_failures(a) := test_failures(a.predicate, a.predicate.failedTests) if {
 	a.step == "review-approval"
 } else := health_failures(a.predicate) if {
 	a.step == "ephemeral-environment-health"
-} else := test_failures(a.predicate, a.predicate.failed_tests) if {
+} else := test_failures(a.predicate, object.get(a.predicate, "failed_tests", [])) if {
 	a.step == "network-tests"
 } else := deployed_failures(a.predicate) if {
 	a.step == "deployed"
@@ -323,24 +423,24 @@ test_failures(p, failed) := set() if {
 } else := {sprintf("the tests' result is %v, expected PASSED (failed: %v)", [object.get(p, "result", null), failed])}
 
 # A check that failed names its commits; one that says it failed without naming any still fails.
-dco_failures(p) := failing if {
-	failing := {msg |
+dco_failures(p) := failing_commits if {
+	failing_commits := {msg |
 		some c in object.get(p, "commits", [])
 		object.get(c, "signed_off", false) != true
 		msg := sprintf("commit %v is not signed off (DCO): %s", [object.get(c, "sha", null), text_of(c, "reason")])
 	}
-	count(failing) > 0
+	count(failing_commits) > 0
 } else := {dco_incomplete} if {
 	not p.passed == true
 } else := set()
 
-signature_failures(p) := failing if {
-	failing := {msg |
+signature_failures(p) := failing_commits if {
+	failing_commits := {msg |
 		some c in object.get(p, "commits", [])
 		object.get(c, "verified", false) != true
 		msg := sprintf("commit %v has no verified signature: %s", [object.get(c, "sha", null), text_of(c, "reason")])
 	}
-	count(failing) > 0
+	count(failing_commits) > 0
 } else := {signatures_incomplete} if {
 	not p.passed == true
 } else := set()
@@ -354,8 +454,7 @@ coverage_failures(p) := set() if {
 } else := {no_coverage}
 
 secret_failures(p) := set() if {
-	is_array(p.findings)
-	count(p.findings) == 0
+	p.findings == []
 } else := set() if {
 	p.findings == 0
 } else := {msg} if {
@@ -414,6 +513,13 @@ vulnerability_failures(p) := {no_scan_result} if {
 	msg := sprintf("%d %s vulnerabilities, at most %d allowed in %s: %v", [count(found), level, limit, environment, found])
 }
 
+vulnerabilities_within_limits(p) if {
+	is_array(p.scanner.result)
+	levels := [severity(f) | some f in p.scanner.result]
+	count([l | some l in levels; l == "critical"]) <= settings.max_critical
+	count([l | some l in levels; l == "high"]) <= settings.max_high
+}
+
 # A finding's level: its worst severity, from a level name or a CVSS base score.
 severity(f) := worst({score_level(s.score) | some s in object.get(f, "severity", [])})
 
@@ -427,6 +533,9 @@ score_level(score) := name if {
 	is_string(score)
 	name := lower(score)
 	name in {"critical", "high"}
+} else := "other" if {
+	is_string(score)
+	lower(score) in {"medium", "moderate", "low", "negligible", "none", "unknown"}
 } else := level if {
 	level := cvss_level(cvss(score))
 } else := "other"
