@@ -20,7 +20,7 @@ $(DEV): $(BASE)
 	$(PIP) install -e '.[test,lint]'
 	touch $@
 
-## demo: run the story of three releases on the embedded local platform
+## demo: run the story of six releases on the embedded local platform
 demo: $(BASE)
 	$(VENV)/bin/vouch demo
 

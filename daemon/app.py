@@ -46,6 +46,7 @@ from vouch.rollout.engine.driver import DriverSettings
 from vouch.rollout.engine.runner import Engine
 from vouch.rollout.gates import build_gates
 from vouch.rollout.gates.base import Gate
+from vouch.rollout.gates.loadtest import LoadTests
 from vouch.rollout.metrics import build_providers
 from vouch.rollout.metrics.base import MetricProvider
 from vouch.rollout.model import Verdict
@@ -92,16 +93,25 @@ class _Hooks:
 
 
 def _gate_factory(
-    config: VouchConfig, providers: dict[str, MetricProvider], alerts: AlertBook, probing: Probing
+    config: VouchConfig,
+    providers: dict[str, MetricProvider],
+    alerts: AlertBook,
+    probing: Probing,
+    registry: CollectorRegistry,
 ) -> Callable[[Promotion], Sequence[Gate]]:
+    loads = LoadTests(registry=registry, resolve=config.resolve)  # remembers each step's load run across analyses
+
     def gates_for(promotion: Promotion) -> Sequence[Gate]:
+        service = config.services[promotion.service]
+        loaded = "loadtest" in promotion.gates and service.performance_critical
         return build_gates(
             promotion.gates,
-            slos=config.services[promotion.service].slos,
+            slos=service.slos,
             providers=providers,
             alerts=alerts,
             alarms=config.environments[promotion.environment].alarms,
             probes=probing.gate_probes(promotion.service) if "probes" in promotion.gates else (),
+            loadtest=loads.gate(service, promotion) if loaded else None,
         )
 
     return gates_for
@@ -138,7 +148,7 @@ async def serve(
     alerts.restore(_recorded_alerts(await store.list_alerts(limit=10_000)))
     events = EventSink(store, on_event=flow)
     probing = Probing(config, platform, registry, on_change=lambda run: _probe_changed(events, run))
-    trust = _Trust.of(config, store)
+    trust = _Trust.of(config, store, on_event=flow)
     metrics = DaemonMetrics(registry)
     metrics.reset(await store.list_promotions(active=True, limit=100_000))
     engine = Engine(
@@ -146,7 +156,7 @@ async def serve(
         platform=platform,
         services=config.services,
         environments=config.environments,
-        gates=_gate_factory(config, providers, alerts, probing),
+        gates=_gate_factory(config, providers, alerts, probing, registry),
         hooks=_Hooks(metrics, flow),
         settings=settings,
         verifier=trust.verification,
@@ -286,7 +296,7 @@ class _Trust:
     policies: list[PolicyEngine]
 
     @classmethod
-    def of(cls, config: VouchConfig, store: Store) -> _Trust:
+    def of(cls, config: VouchConfig, store: Store, *, on_event: Callable[[Event], None]) -> _Trust:
         spec = config.attestations
         if spec.source is None or isinstance(spec.source, DirectorySourceSpec):
             folder = config.state_path() / "attestations" if spec.source is None else config.resolve(spec.source.path)
@@ -303,6 +313,7 @@ class _Trust:
                 verifier=AttestationVerifier(_resolved_trust(config, spec.trust)),
                 policies=policies,
                 settings={name: env.policy_settings for name, env in gated.items()},
+                on_event=on_event,
             )
         attester = None
         if spec.signing_key is not None:

@@ -38,6 +38,7 @@ from vouch.daemon.client import follow_release
 from vouch.daemon.cliout import err, fail, out, reported
 from vouch.daemon.config import load_config
 from vouch.daemon.configcmd import config_app
+from vouch.daemon.loadtestcmd import loadtest_app
 from vouch.daemon.notifycmd import notify_app
 from vouch.daemon.policycmd import policy_app
 from vouch.daemon.probecmd import probe_app
@@ -64,6 +65,7 @@ app.add_typer(policy_app, name="policy")
 app.add_typer(break_glass_app, name="break-glass")
 app.add_typer(audit_app, name="audit")
 app.add_typer(notify_app, name="notify")
+app.add_typer(loadtest_app, name="loadtest")
 
 # --------------------------------------------------------------------------- daemon
 
@@ -272,13 +274,15 @@ def demo(
         Path | None, typer.Option("--state-dir", help="Where the demo keeps its state (default: a new temp folder).")
     ] = None,
 ) -> None:
-    """Tell the story of five releases on the local platform, in under two minutes.
+    """Tell the story of six releases on the local platform, in about a minute.
 
     v1 is deployed to staging and production (10 replicas each) under steady traffic; v2 is released through
     both, step by step, to success; v3 fails 20% of requests and is rolled back by the SLO gate; v4 looks
     healthy but trips an Alertmanager alarm and is rolled back by it; v5's vulnerability scan is signed by
-    an untrusted key and the policy refuses it before any pod starts. Every release is gated on signed
-    attestations; vouch signs its own when staging held. Needs nothing but this package.
+    an untrusted key and the policy refuses it before any pod starts; v6 has the same flaw, but on call
+    breaks the glass for staging: the denial passes once there, security hears of it, and production still
+    refuses v6. Every release is gated on signed attestations; vouch signs its own when staging held. At
+    the end the audit log is verified. Needs nothing but this package.
 
     Example: vouch demo --json > demo.json
     """

@@ -50,7 +50,10 @@ class ReleaseVerification:
         policies: Mapping[str, PolicyEngine],
         settings: Mapping[str, Mapping[str, Any]],
         clock: Callable[[], float] = time.time,
+        on_event: Callable[[Event], None] = lambda event: None,
     ) -> None:
+        """``on_event`` hears of each decision once it is stored (the audit log and the notifiers)."""
+        self._on_event = on_event
         self._store = store
         self._source = source
         self._verifier = verifier
@@ -134,7 +137,8 @@ class ReleaseVerification:
             data["input_digest"] = decision.input_digest or canonical_digest(document)
         kind = "verification.allowed" if allowed else "verification.denied"
         message = "; ".join(reasons)
-        await self._store.add_event(Event(kind, message, now, promotion.id, promotion.release_id, data))
+        event = await self._store.add_event(Event(kind, message, now, promotion.id, promotion.release_id, data))
+        self._on_event(event)
         return outcome
 
 

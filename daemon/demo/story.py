@@ -1,9 +1,11 @@
-"""``vouch demo``: four releases of one service on the local platform, told as they happen.
+"""``vouch demo``: six releases of one service on the local platform, told as they happen.
 
 The demo runs the real daemon as a child process with a generated
 configuration, sends it steady traffic, and drives it only through the HTTP
 API, exactly as a pipeline would. Nothing is simulated but the service's
-faults and the alarm, which is posted the way Alertmanager posts it.
+faults and the alarm, which is posted the way Alertmanager posts it. The
+security team's webhook receiver is a small server of the demo's own
+(:mod:`vouch.daemon.demo.receiver`); it checks every notice's signature.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import contextlib
 import hashlib
 import json
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -19,8 +22,10 @@ import sys
 import tempfile
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Any, Literal
 
@@ -30,6 +35,17 @@ from rich.text import Text
 
 from vouch.core.errors import VouchError
 from vouch.daemon.client import VouchClient, follow_release
+from vouch.daemon.demo.evidence import (
+    ESCALATION_LOGGER,
+    AuditCheck,
+    check_audit,
+    escalation_kinds,
+    outcome,
+    summary,
+    surprises,
+    table,
+)
+from vouch.daemon.demo.receiver import SecurityReceiver, security_receiver
 from vouch.daemon.render import render_event
 from vouch.rollout.alarms import webhook_for
 from vouch.rollout.attestations.dsse import sign_statement
@@ -43,6 +59,11 @@ SERVICE = "checkout"
 REPLICAS = 10
 RATE_PER_ENVIRONMENT = 50.0
 FAULTS = {"v3": {"error_ratio": 0.2}}
+SECURITY_KINDS = ["override.*", "promotion.denied"]
+"""What security and the escalation chain hear of: every break-glass, and every release a policy refused."""
+OVERRIDE_REASON = "INC-4711: scanner key rotated, scan checked by hand"
+NOTICE_WAIT = 10.0
+"""Longest wait for a notice to reach the security receiver (it normally takes milliseconds)."""
 
 POLICY = """
 # The demo's policy: staging needs a vulnerability scan signed by a trusted key;
@@ -94,8 +115,12 @@ class DemoResult:
     surprises: tuple[str, ...] = ()
 
 
-def demo_config(state: Path, *, api_port: int, ports: dict[str, int]) -> dict[str, Any]:
-    """The configuration the demo daemon runs with (written to ``state/vouch.yaml``)."""
+def demo_config(state: Path, *, api_port: int, ports: dict[str, int], security_url: str) -> dict[str, Any]:
+    """The configuration the demo daemon runs with (written to ``state/vouch.yaml``).
+
+    ``security_url`` is the security team's webhook; its HMAC secret is read from
+    ``state/security.hmac`` (see :func:`_security_secret`).
+    """
     steps: list[int | str] = [1, 2, 5, "50%", "100%"]
     environment = {
         "plan": {"steps": steps},
@@ -126,56 +151,155 @@ def demo_config(state: Path, *, api_port: int, ports: dict[str, int]) -> dict[st
             "trust": {"keys": [{"path": str(keys / "ci.key.pub")}, {"path": str(keys / "vouch.key.pub")}]},
             "signing_key": str(keys / "vouch.key"),
         },
+        "audit": {"path": str(state / "audit.jsonl")},
+        "notifications": {
+            "notifiers": [
+                {
+                    "name": "security",
+                    "kind": "webhook",
+                    "url": security_url,
+                    "secret": {"from_file": str(state / "security.hmac")},
+                    "timeout": "5s",
+                },
+                {"name": "escalation", "kind": "log", "logger": ESCALATION_LOGGER},
+            ],
+            "routes": [{"kinds": SECURITY_KINDS, "to": ["security", "escalation"]}],
+            "retry_initial": "0.5s",
+        },
     }
 
 
 def run_demo(*, state_dir: Path | None, narrate: Narrate) -> DemoResult:
-    """Run the whole story; the daemon and every replica are stopped before this returns."""
+    """Run the whole story; the daemon, every replica and the receiver are stopped before this returns."""
     state = (state_dir or Path(tempfile.mkdtemp(prefix="vouch-demo-"))).resolve()
     state.mkdir(parents=True, exist_ok=True)
     (state / "faults.json").write_text(json.dumps(FAULTS))
     _prepare_trust(state)
     ports = {"staging": _free_port(), "production": _free_port()}
     config = state / "vouch.yaml"
-    config.write_text(yaml.safe_dump(demo_config(state, api_port=_free_port(), ports=ports), sort_keys=False))
-    narrate(f"Starting the vouch daemon on the local platform (state and logs in {state})")
-    with _daemon(config, state) as client, _traffic(ports, narrate=narrate) as traffic:
-        story = _Story(client, narrate, traffic, state)
-        story.tell()
-    promotions = [_summary(p) for p in story.promotions]
-    narrate(_table(promotions))
-    surprises = _surprises(promotions)
-    return DemoResult({"promotions": promotions, "state_dir": str(state)}, ok=not surprises, surprises=surprises)
+    daemon_log = state / "daemon.log"
+    log_start = daemon_log.stat().st_size if daemon_log.exists() else 0  # a state folder may be used again
+    with security_receiver(_security_secret(state)) as security:
+        document = demo_config(state, api_port=_free_port(), ports=ports, security_url=security.url)
+        config.write_text(yaml.safe_dump(document, sort_keys=False))
+        narrate(f"Starting the vouch daemon on the local platform (state and logs in {state})")
+        with _daemon(config, state) as client, _traffic(ports, narrate=narrate) as traffic:
+            story = _Story(client, narrate, traffic, state, security)
+            story.tell()
+            listed = client.list_overrides(service=SERVICE)["overrides"]
+        overrides = [o for o in listed if o["id"] in story.granted]
+        heard = tuple(d.kind for d in security.received())
+        refused = security.refused()
+    audit = check_audit(state / "audit.jsonl", public_key=state / "keys" / "vouch.key.pub")
+    escalation = escalation_kinds(daemon_log, start=log_start)
+    _tell_evidence(narrate, heard=heard, escalation=escalation, audit=audit)
+    promotions = [summary(p) for p in story.promotions]
+    narrate(table(promotions))
+    found = surprises(
+        story.promotions, overrides=overrides, security=heard, refused=refused, escalation=escalation, audit=audit
+    )
+    result = {
+        "promotions": promotions,
+        "state_dir": str(state),
+        "audit_log": str(state / "audit.jsonl"),
+        "audit_records": audit.report.records,
+        "security_notices": list(heard),
+    }
+    return DemoResult(result, ok=not found, surprises=found)
+
+
+def _tell_evidence(narrate: Narrate, *, heard: tuple[str, ...], escalation: tuple[str, ...], audit: AuditCheck) -> None:
+    """Who heard of the break-glass, and whether the audit log still proves what happened."""
+    counts = ", ".join(f"{kind} ×{n}" for kind, n in Counter(heard).items()) or "nothing"
+    narrate(f"\nSecurity's webhook received {len(heard)} signed notices: {counts}.")
+    escalated = ", ".join(f"{kind} ×{n}" for kind, n in Counter(escalation).items()) or "nothing"
+    narrate(f"The escalation chain (the daemon's log, logger {ESCALATION_LOGGER}) got {len(escalation)}: {escalated}.")
+    narrate(Text(audit.describe(), style="green" if audit.ok else "bold red"))
+    if audit.overrides:
+        narrate(f"It holds the break-glass: {'; '.join(audit.overrides)}.")
 
 
 class _Story:
-    def __init__(self, client: VouchClient, narrate: Narrate, traffic: _Traffic, state: Path) -> None:
+    def __init__(
+        self, client: VouchClient, narrate: Narrate, traffic: _Traffic, state: Path, security: SecurityReceiver
+    ) -> None:
         self.state = state
         self.client = client
         self.narrate = narrate
         self.traffic = traffic
+        self.security = security
         self.promotions: list[dict[str, Any]] = []
+        self.granted: list[str] = []
+        """Ids of the overrides granted in this telling."""
+        self._expected: list[str] = []
+        self._told = 0
 
     def tell(self) -> None:
         say = self.narrate
-        say(f"\n[1/4] Deploying {SERVICE} v1 to staging and production: {REPLICAS} replicas each (a first deploy).")
+        say(f"\n[1/6] Deploying {SERVICE} v1 to staging and production: {REPLICAS} replicas each (a first deploy).")
         self.release("v1")
         self.traffic.start()
         say(f"Steady traffic now flows: {RATE_PER_ENVIRONMENT:g} requests/s into each environment's router.")
         say(
-            "\n[2/4] Releasing v2 through staging, then production, with no human step. Each takes steps of "
+            "\n[2/6] Releasing v2 through staging, then production, with no human step. Each takes steps of "
             "1, 2, 5, 50% and 100% of the pods; every step is judged on error ratio and p99 latency."
         )
         self.release("v2")
-        say("\n[3/4] Releasing v3, which fails about 20% of its requests. The SLO gate should catch it.")
+        say("\n[3/6] Releasing v3, which fails about 20% of its requests. The SLO gate should catch it.")
         self.release("v3")
-        say("\n[4/5] Releasing v4. Its errors are fine, but it leaks memory: an alert will fire in Alertmanager.")
+        say("\n[4/6] Releasing v4. Its errors are fine, but it leaks memory: an alert will fire in Alertmanager.")
         self.release("v4", alarm=True)
         say(
-            "\n[5/5] Releasing v5, whose vulnerability scan was signed by a key nobody trusts. The policy "
-            "should refuse it before a single pod starts."
+            "\n[5/6] Releasing v5, whose vulnerability scan was signed by a key nobody trusts. The policy "
+            "should refuse it before a single pod starts; security hears of every refusal."
         )
         self.release("v5", signer="rogue")
+        self.tell_break_glass()
+
+    def tell_break_glass(self) -> None:
+        say = self.narrate
+        say(
+            "\n[6/6] v6's scan is signed by that same unknown key: the scanner's key was rotated and the trust list "
+            "not yet updated. On call checks the scan by hand and breaks the glass, through the API: the "
+            "attestations gate may fail once, for v6, in staging only. Security and escalation hear of it."
+        )
+        self.break_glass("v6")
+        self.heard("override.granted")
+        self.release("v6", signer="rogue")
+        say(
+            Text(
+                "The glass broke once, in one place: staging let v6 through on oncall's word and it held there; "
+                "production, where nobody broke the glass, still wants a trusted scan and refused it.",
+                style="bold",
+            )
+        )
+
+    def break_glass(self, version: str) -> None:
+        """What on call does: grant a one-time override through the API, under their own name."""
+        token = (self.state / "token").read_text().strip()
+        with VouchClient(self.client.base_url, token, actor="oncall") as oncall:
+            got = oncall.grant_override(
+                SERVICE, environment="staging", gate="attestations", reason=OVERRIDE_REASON, version=version, ttl="30m"
+            )["override"]
+        self.granted.append(got["id"])
+        until = time.strftime("%H:%M", time.localtime(got["expires_at"]))
+        self.narrate(
+            Text(
+                f"!! {got['actor']} breaks the glass ({got['id']}): gate attestations of {SERVICE} {version} in "
+                f"staging may fail once, until {until}. Reason: {got['reason']}",
+                style="bold yellow",
+            )
+        )
+
+    def heard(self, kind: str) -> None:
+        """Wait for the notice the last event should have sent to security, and tell what arrived."""
+        self._expected.append(kind)
+        if not self.security.wait_for(self._expected, timeout=NOTICE_WAIT):
+            self.narrate(Text(f"security has not heard of {kind} within {NOTICE_WAIT:g}s", style="red"))
+        for delivery in self.security.received()[self._told :]:
+            message = delivery.message if len(delivery.message) <= 150 else delivery.message[:149] + "…"
+            self.narrate(Text(f"   security ← {delivery.kind} ({delivery.severity}): {message}", style="magenta"))
+            self._told += 1
 
     def release(self, version: str, *, alarm: bool = False, signer: str = "ci") -> None:
         _sign_scan(self.state, version, signer)
@@ -189,17 +313,17 @@ class _Story:
                 fired.append(got["promotions"][-1])
                 self._fire_alarm(fired[0])
 
-        got = follow_release(
-            self.client, release["id"], on_event=lambda e: self.narrate(render_event(e)), on_poll=watch, poll=0.2
-        )
+        got = follow_release(self.client, release["id"], on_event=self._on_event, on_poll=watch, poll=0.2)
         if fired:
             self.client.send_alerts(_alert(fired[0], status="resolved"))
         self.promotions.extend(got["promotions"])
-        last = got["promotions"][-1]["phase"] if got["promotions"] else ""
-        verdict = {"Succeeded": "held everywhere", "Denied": "was refused before any pod started"}.get(
-            got["release"]["phase"] if got["release"]["phase"] == "Succeeded" else last, "was stopped and rolled back"
-        )
-        self.narrate(Text(f"→ {version} {verdict}.", style="bold"))
+        self.narrate(Text(f"→ {version} {outcome(got['release'], got['promotions'])}.", style="bold"))
+
+    def _on_event(self, event: dict[str, Any]) -> None:
+        """Tell the event; if security is routed its kind, tell what the receiver got right after."""
+        self.narrate(render_event(event))
+        if any(fnmatchcase(event["kind"], kind) for kind in SECURITY_KINDS):
+            self.heard(event["kind"])
 
     def _fire_alarm(self, promotion: dict[str, Any]) -> None:
         where = promotion["environment"]
@@ -220,44 +344,8 @@ def _alert(promotion: dict[str, Any], *, status: Literal["firing", "resolved"]) 
         "environment": promotion["environment"],
         "severity": "critical",
     }
-    summary = {"summary": "resident memory of the canary grew 40% in 2 minutes"}
-    return webhook_for(labels, status=status, annotations=summary)
-
-
-def _summary(p: dict[str, Any]) -> dict[str, Any]:
-    keys = ("service", "version", "environment", "phase", "steps_completed", "rollback_cause", "detect_to_rollback_ms")
-    return {key: p.get(key) for key in keys}
-
-
-def _surprises(promotions: list[dict[str, Any]]) -> tuple[str, ...]:
-    by = {(p["version"], p["environment"]): p for p in promotions}
-    found = []
-    for env in ("staging", "production"):
-        for version in ("v1", "v2"):
-            if by.get((version, env), {}).get("phase") != "Succeeded":
-                found.append(f"{version} did not succeed in {env}")
-    if by.get(("v5", "staging"), {}).get("phase") != "Denied":
-        found.append("v5 was not denied in staging")
-    for version, cause in (("v3", "gate:"), ("v4", "alarm:")):
-        p = by.get((version, "staging"), {})
-        if p.get("phase") != "RolledBack" or not str(p.get("rollback_cause")).startswith(cause):
-            found.append(f"{version} was not rolled back by {cause.rstrip(':')} in staging")
-        if (version, "production") in by:
-            found.append(f"{version} reached production")
-    return tuple(found)
-
-
-def _table(promotions: list[dict[str, Any]]) -> Text:
-    lines = Text("\nSummary\n", style="bold")
-    lines.append(f"{'VERSION':<8} {'ENV':<11} {'PHASE':<11} {'STEPS':<6} {'CAUSE':<26} DETECT→ROLLBACK\n", style="bold")
-    for p in promotions:
-        ms = p["detect_to_rollback_ms"]
-        detect = f"{ms:.0f} ms" if ms is not None else "-"
-        style = "green" if p["phase"] == "Succeeded" else "red"
-        row = f"{p['version']:<8} {p['environment']:<11} {p['phase']:<11} {p['steps_completed']!s:<6} "
-        lines.append(row, style=style)
-        lines.append(f"{p['rollback_cause'] or '-':<26} {detect}\n")
-    return lines
+    annotations = {"summary": "resident memory of the canary grew 40% in 2 minutes"}
+    return webhook_for(labels, status=status, annotations=annotations)
 
 
 # --------------------------------------------------------------------------- trust
@@ -272,6 +360,16 @@ def _prepare_trust(state: Path) -> None:
             generate_keypair(keys / f"{name}.key")
     (state / "policy").mkdir(exist_ok=True)
     (state / "policy" / "demo.rego").write_text(POLICY)
+
+
+def _security_secret(state: Path) -> str:
+    """The HMAC key vouch signs security's notices with, shared with the receiver (a file only we can read)."""
+    path = state / "security.hmac"
+    if not path.exists():
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as out:
+            out.write(secrets.token_hex(32))
+    return path.read_text().strip()
 
 
 def _digest(version: str) -> str:
