@@ -94,6 +94,7 @@ class DemoServer(ThreadingHTTPServer):
 
     daemon_threads = True
     block_on_close = False  # idle keep-alive connections must not hold up exit; drain() waits for requests
+    request_queue_size = 128  # the default 5 makes a burst of new connections wait a second for accept()
 
     def __init__(self, address: tuple[str, int], *, version: str, faults: FaultBook) -> None:
         super().__init__(address, DemoHandler)
