@@ -17,5 +17,5 @@ for root in ROOTS:
 setup(
     packages=packages,
     package_dir={f"vouch.{root}": root for root in ROOTS},
-    package_data={"": ["py.typed", "*.yaml", "*.json", "*.txt", "*.rego"]},
+    package_data={"": ["py.typed", "*.yaml", "*.json", "*.txt", "*.rego", "*.tmpl"]},
 )

@@ -97,10 +97,8 @@ def _gate_factory(
     providers: dict[str, MetricProvider],
     alerts: AlertBook,
     probing: Probing,
-    registry: CollectorRegistry,
+    loads: LoadTests,
 ) -> Callable[[Promotion], Sequence[Gate]]:
-    loads = LoadTests(registry=registry, resolve=config.resolve)  # remembers each step's load run across analyses
-
     def gates_for(promotion: Promotion) -> Sequence[Gate]:
         service = config.services[promotion.service]
         loaded = "loadtest" in promotion.gates and service.performance_critical
@@ -149,6 +147,7 @@ async def serve(
     events = EventSink(store, on_event=flow)
     probing = Probing(config, platform, registry, on_change=lambda run: _probe_changed(events, run))
     trust = _Trust.of(config, store, on_event=flow)
+    loads = LoadTests(registry=registry, resolve=config.resolve)  # remembers each step's load run across analyses
     metrics = DaemonMetrics(registry)
     metrics.reset(await store.list_promotions(active=True, limit=100_000))
     engine = Engine(
@@ -156,7 +155,7 @@ async def serve(
         platform=platform,
         services=config.services,
         environments=config.environments,
-        gates=_gate_factory(config, providers, alerts, probing, registry),
+        gates=_gate_factory(config, providers, alerts, probing, loads),
         hooks=_Hooks(metrics, flow),
         settings=settings,
         verifier=trust.verification,
@@ -210,7 +209,7 @@ async def serve(
             if on_ready is not None:
                 on_ready(DaemonInfo(url=url, token=token, state_dir=state))
     finally:
-        await asyncio.shield(_shutdown(runner, platform, providers, trust, audit, store))
+        await asyncio.shield(_shutdown(runner, platform, providers, trust, audit, store, loads))
 
 
 def _config_summary(config: VouchConfig) -> dict[str, object]:
@@ -394,9 +393,10 @@ async def _shutdown(
     trust: _Trust,
     audit: AuditLog,
     store: SqliteStore | KubernetesStore,
+    loads: LoadTests,
 ) -> None:
     closing = [*(p.close for p in providers.values()), trust.close, audit.close, store.close]
-    steps = [runner.cleanup, platform.stop, *closing]
+    steps = [runner.cleanup, loads.aclose, platform.stop, *closing]
     for step in steps:
         try:
             await step()

@@ -17,15 +17,20 @@ from typing import Any, TypeVar
 from pydantic import TypeAdapter, ValidationError
 
 from vouch.daemon.config import DaemonSpec, Loc, ProbeWatchSpec, VouchConfig, dotted, quoted, split_host_port
+from vouch.loadtests.settings import LoadTestSpec
+from vouch.probes.registry import ProbeDefinition
 from vouch.rollout.config import (
+    AnalysisSpec,
     BuiltinProviderSpec,
     EnvironmentSpec,
+    PlanSpec,
     PlatformSpec,
     ProviderSpec,
     ServiceSpec,
     SloSpec,
 )
 from vouch.rollout.gates import GATE_KINDS
+from vouch.rollout.gates.loadtest import inconclusive_runs, requests_from_probes, resolve_step
 from vouch.rollout.metrics.template import PLACEHOLDERS
 
 _T = TypeVar("_T")
@@ -50,6 +55,12 @@ class _ServiceView:
     has_slos: bool
     has_probes: bool = False
     has_image: bool = False
+    performance_critical: bool = False
+    has_loadtest: bool = False
+    loadtest: LoadTestSpec | None = None
+    """The load test's settings when they validated (``has_loadtest`` says whether any were written)."""
+    probe_requests: bool = False
+    """Whether GET http probes give a generated locustfile something to send."""
 
     @classmethod
     def of(cls, spec: ServiceSpec) -> _ServiceView:
@@ -60,12 +71,17 @@ class _ServiceView:
             has_slos=bool(spec.slos),
             has_probes=bool(spec.probes),
             has_image=spec.image is not None and "{version}" in spec.image,
+            performance_critical=spec.performance_critical,
+            has_loadtest=spec.loadtest is not None,
+            loadtest=spec.loadtest,
+            probe_requests=bool(requests_from_probes(spec.probes)),
         )
 
     @classmethod
     def of_raw(cls, raw: dict[str, Any]) -> _ServiceView:
         chain = raw.get("environments")
         slos = raw.get("slos")
+        probes = raw.get("probes")
         return cls(
             chain=tuple(
                 _Stage(i, _of_type(env.get("name"), str), _port(env.get("port")))
@@ -77,6 +93,10 @@ class _ServiceView:
             has_slos=bool(slos),
             has_probes=bool(raw.get("probes")),
             has_image=isinstance(raw.get("image"), str) and "{version}" in raw["image"],
+            performance_critical=raw.get("performance_critical") is True,
+            has_loadtest=raw.get("loadtest") is not None,
+            loadtest=_valid(LoadTestSpec.model_validate, raw.get("loadtest")),
+            probe_requests=bool(requests_from_probes([p for _, p in _valid_items(_PROBE.validate_python, probes)])),
         )
 
 
@@ -85,15 +105,28 @@ class _EnvironmentView:
     """The gates of an environment, as far as they could be read."""
 
     gates: tuple[tuple[int, str], ...]
+    allow_load_tests: bool = False
+    steps: tuple[str, ...] | None = None
+    """The plan's step labels, when the plan validated."""
+    analysis: AnalysisSpec | None = None
 
     @classmethod
     def of(cls, spec: EnvironmentSpec) -> _EnvironmentView:
-        return cls(tuple(enumerate(spec.gates)))
+        steps = tuple(step.label for step in spec.plan.steps)
+        return cls(tuple(enumerate(spec.gates)), spec.allow_load_tests, steps, spec.analysis)
 
     @classmethod
     def of_raw(cls, raw: object) -> _EnvironmentView:
-        gates = raw.get("gates", _DEFAULT_GATES) if isinstance(raw, dict) else []
-        return cls(tuple((i, g) for i, g in enumerate(gates if isinstance(gates, list) else []) if isinstance(g, str)))
+        if not isinstance(raw, dict):
+            return cls(())
+        gates = raw.get("gates", _DEFAULT_GATES)
+        plan = _valid(PlanSpec.model_validate, raw.get("plan", {}))
+        return cls(
+            tuple((i, g) for i, g in enumerate(gates if isinstance(gates, list) else []) if isinstance(g, str)),
+            allow_load_tests=raw.get("allow_load_tests") is True,
+            steps=tuple(step.label for step in plan.steps) if plan is not None else None,
+            analysis=_valid(AnalysisSpec.model_validate, raw.get("analysis", {})),
+        )
 
 
 _DEFAULT_GATES: list[str] = EnvironmentSpec().gates
@@ -123,6 +156,7 @@ class Parts:
 
 
 _PROVIDER: TypeAdapter[ProviderSpec] = TypeAdapter(ProviderSpec)
+_PROBE: TypeAdapter[ProbeDefinition] = TypeAdapter(ProbeDefinition)
 _PLATFORM: TypeAdapter[PlatformSpec] = TypeAdapter(PlatformSpec)
 
 
@@ -180,6 +214,7 @@ def references(parts: Parts) -> Iterator[tuple[Loc, str]]:
     yield from _check_slos(parts)
     yield from _check_slo_gates(parts)
     yield from _check_gates(parts)
+    yield from _check_load_tests(parts)
     yield from _check_platform(parts)
     yield from _check_ports(parts)
     yield from _check_probe_watch(parts)
@@ -253,6 +288,71 @@ def _check_gates(parts: Parts) -> Iterator[tuple[Loc, str]]:
         for i, gate in env.gates:
             if gate not in GATE_KINDS:
                 yield ("environments", name, "gates", i), f"unknown gate {gate!r}; known gates: {quoted(GATE_KINDS)}"
+
+
+def _check_load_tests(parts: Parts) -> Iterator[tuple[Loc, str]]:
+    """Load only where allowed, and only with settings that can run where the gate is listed."""
+    for name, env in (parts.environments or {}).items():
+        for i, gate in env.gates:
+            if gate == "loadtest" and "prod" in name.lower() and not env.allow_load_tests:
+                yield (
+                    ("environments", name, "gates", i),
+                    f"environment {name!r} looks like production: the 'loadtest' gate puts load on it only with "
+                    "'allow_load_tests: true'",
+                )
+    for name, spec in parts.services.items():
+        loaded = _loading_environments(parts, spec) if spec.performance_critical else []
+        if not loaded:
+            continue
+        if not spec.has_loadtest:
+            first = loaded[0][0]
+            message = (
+                f"performance-critical service {name!r} has no loadtest settings, but {first!r} gates on 'loadtest'"
+            )
+            yield ("services", name, "loadtest"), message
+            continue
+        load = spec.loadtest
+        if load is None:
+            continue  # invalid settings: their own problems are reported
+        if load.locustfile is None and not load.paths and not spec.probe_requests:
+            yield (
+                ("services", name, "loadtest"),
+                "nothing to load: set 'paths' or 'locustfile', or give the service GET http probes aimed at {address}",
+            )
+        for env_name, env in loaded:
+            yield from _check_load_timing(name, load, env_name, env)
+
+
+def _loading_environments(parts: Parts, spec: _ServiceView) -> list[tuple[str, _EnvironmentView]]:
+    """The environments of ``spec``'s chain that run the ``loadtest`` gate."""
+    found = []
+    for stage in spec.chain:
+        env = (parts.environments or {}).get(stage.name or "")
+        if stage.name and env is not None and any(g == "loadtest" for _, g in env.gates):
+            found.append((stage.name, env))
+    return found
+
+
+def _check_load_timing(
+    name: str, load: LoadTestSpec, env_name: str, env: _EnvironmentView
+) -> Iterator[tuple[Loc, str]]:
+    """The step exists in the environment's plan, and its analysis tolerates the runs the load takes."""
+    if env.steps is not None:
+        try:
+            resolve_step(load.step, env.steps)
+        except ValueError as exc:
+            yield ("services", name, "loadtest", "step"), f"in environment {env_name!r}: {exc}"
+    analysis = env.analysis
+    if analysis is not None:
+        needed = inconclusive_runs(load.duration, analysis.interval)
+        if needed > analysis.inconclusive_limit:
+            yield (
+                ("environments", env_name, "analysis", "inconclusive_limit"),
+                f"the load test of {name!r} runs {load.duration:g}s: with analysis every {analysis.interval:g}s about "
+                f"{needed} analysis runs are inconclusive while it runs, more than inconclusive_limit "
+                f"{analysis.inconclusive_limit}; raise the limit to {needed} or the interval to at least "
+                f"{round(load.duration) + 10}s",
+            )
 
 
 def _check_platform(parts: Parts) -> Iterator[tuple[Loc, str]]:

@@ -17,6 +17,7 @@ from pydantic_core import CoreSchema
 
 from vouch.core.durations import Duration
 from vouch.core.settings import Model
+from vouch.loadtests.settings import LoadTestSpec
 from vouch.probes.registry import ProbeDefinition
 from vouch.rollout.platforms.kube.settings import KubernetesPlatformSpec
 from vouch.rollout.policy import PolicySpec, RegoPolicySpec
@@ -162,6 +163,9 @@ class EnvironmentSpec(Model):
     policy_settings: dict[str, Any] = Field(default_factory=dict)
     """Passed to the policy as ``input.settings`` (the default policy reads required steps, signers, CVE
     thresholds and minimum coverage from here)."""
+    allow_load_tests: bool = False
+    """Let the ``loadtest`` gate put load on this environment even though its name says production (contains
+    ``prod``). Load tests belong in staging; this switch is loud on purpose."""
 
 
 # --------------------------------------------------------------------------- services
@@ -269,6 +273,10 @@ class ServiceSpec(Model):
     probes: list[ProbeDefinition] = Field(default_factory=list)
     """Synthetic probes of this service. Their targets name ``{address}``: on schedule, the service's
     address in each environment of its chain; in the ``probes`` gate, each canary and stable replica."""
+    performance_critical: bool = False
+    """Run the ``loadtest`` gate for this service in the environments that list it (needs ``loadtest``)."""
+    loadtest: LoadTestSpec | None = None
+    """The Locust load test the ``loadtest`` gate runs at one step against the canary's replicas."""
 
     @field_validator("probes")
     @classmethod

@@ -13,7 +13,7 @@ from vouch.rollout.gates.probes import AimedProbe, ProbeGate
 from vouch.rollout.gates.slo import SloGate
 from vouch.rollout.metrics.base import MetricProvider
 
-GATE_KINDS: tuple[str, ...] = ("attestations", "slo", "alarms", "probes")
+GATE_KINDS: tuple[str, ...] = ("attestations", "slo", "alarms", "probes", "loadtest")
 """Gate kinds an environment may list under ``gates``."""
 
 
@@ -25,8 +25,13 @@ def build_gates(
     alerts: AlertBook,
     alarms: AlarmSpec,
     probes: Sequence[AimedProbe] = (),
+    loadtest: Gate | None = None,
 ) -> list[Gate]:
-    """The gates named by ``kinds``, in order. An unknown kind is an error naming the known ones."""
+    """The gates named by ``kinds``, in order. An unknown kind is an error naming the known ones.
+
+    ``loadtest`` is the service's load-test gate (:meth:`~vouch.rollout.gates.loadtest.LoadTests.gate`);
+    ``None`` means the service is not performance-critical, and the ``loadtest`` kind adds nothing.
+    """
     gates: list[Gate] = []
     for kind in kinds:
         if kind == "attestations":
@@ -37,6 +42,9 @@ def build_gates(
             gates.append(AlarmGate(alerts, alarms))
         elif kind == "probes":
             gates.append(ProbeGate(probes))
+        elif kind == "loadtest":
+            if loadtest is not None:
+                gates.append(loadtest)
         else:
             message = f"unknown gate kind {kind!r}; known kinds: {', '.join(GATE_KINDS)}"
             raise ConfigError([Problem(file="<config>", line=None, path="gates", message=message)])
