@@ -21,6 +21,7 @@ from vouch.loadtests.settings import LoadTestSpec
 from vouch.probes.registry import ProbeDefinition
 from vouch.rollout.platforms.kube.settings import KubernetesPlatformSpec
 from vouch.rollout.policy import PolicySpec, RegoPolicySpec
+from vouch.rollout.preview import PreviewSpec
 
 NAME_PATTERN = r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"
 """Service and environment names: DNS labels, so they fit Kubernetes and metric labels alike."""
@@ -277,6 +278,9 @@ class ServiceSpec(Model):
     """Run the ``loadtest`` gate for this service in the environments that list it (needs ``loadtest``)."""
     loadtest: LoadTestSpec | None = None
     """The Locust load test the ``loadtest`` gate runs at one step against the canary's replicas."""
+    preview: PreviewSpec | None = None
+    """How a pull request's artifact is stood up alone (``vouch preview up``): mocked backends, health
+    deadline, network tests."""
 
     @field_validator("probes")
     @classmethod
