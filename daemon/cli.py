@@ -41,8 +41,10 @@ from vouch.daemon.configcmd import config_app
 from vouch.daemon.loadtestcmd import loadtest_app
 from vouch.daemon.notifycmd import notify_app
 from vouch.daemon.policycmd import policy_app
+from vouch.daemon.previewcmd import preview_app
 from vouch.daemon.probecmd import probe_app
 from vouch.daemon.render import print_status, render_event, status_rows, status_table
+from vouch.daemon.verifyenvcmd import verify_env
 
 app = typer.Typer(
     name="vouch",
@@ -66,6 +68,8 @@ app.add_typer(break_glass_app, name="break-glass")
 app.add_typer(audit_app, name="audit")
 app.add_typer(notify_app, name="notify")
 app.add_typer(loadtest_app, name="loadtest")
+app.add_typer(preview_app, name="preview")
+app.command("verify-env")(verify_env)
 
 # --------------------------------------------------------------------------- daemon
 

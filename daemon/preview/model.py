@@ -61,6 +61,8 @@ class Check:
     name: str
     passed: bool
     detail: str = ""
+    skipped: bool = False
+    """A test that was skipped (``passed`` stays true): counted apart, never as passed or failed."""
 
 
 @dataclass(frozen=True)
