@@ -49,6 +49,7 @@ bench: $(DEV) system-deps
 	$(PY) benchmarks/probe_scale.py
 	$(PY) benchmarks/policy_decision.py
 	$(PY) benchmarks/audit_append.py
+	$(PY) benchmarks/loadtest_overhead.py
 
 clean:
 	rm -rf build .pytest_cache .mypy_cache .ruff_cache

@@ -33,6 +33,9 @@ from vouch.daemon.leader import LeaderElector
 from vouch.daemon.leaderlabel import LeaderLabel
 from vouch.daemon.metrics import DaemonMetrics
 from vouch.daemon.notify import build_dispatcher
+from vouch.daemon.preview.kube import KubePreviews
+from vouch.daemon.preview.local import LocalPreviews
+from vouch.daemon.preview.state import PreviewReaper, Reaper
 from vouch.daemon.probewatch import Freshness, ProbeWatch
 from vouch.daemon.probing import Probing
 from vouch.daemon.store.kubernetes import KubernetesStore, KubernetesStoreSpec
@@ -42,11 +45,13 @@ from vouch.probes.scheduler import ProbeRun
 from vouch.rollout.alarms import Alert, AlertBook
 from vouch.rollout.attestations.sources import AttestationSource, DirectorySourceSpec, build_source
 from vouch.rollout.attestations.verify import AttestationVerifier, TrustSpec
+from vouch.rollout.config import LocalPlatformSpec
 from vouch.rollout.engine.driver import DriverSettings
 from vouch.rollout.engine.runner import Engine
 from vouch.rollout.gates import build_gates
 from vouch.rollout.gates.base import Gate
 from vouch.rollout.gates.loadtest import LoadTests
+from vouch.rollout.gates.scale import ScaleTests
 from vouch.rollout.metrics import build_providers
 from vouch.rollout.metrics.base import MetricProvider
 from vouch.rollout.model import Verdict
@@ -147,7 +152,9 @@ async def serve(
     events = EventSink(store, on_event=flow)
     probing = Probing(config, platform, registry, on_change=lambda run: _probe_changed(events, run))
     trust = _Trust.of(config, store, on_event=flow)
-    loads = LoadTests(registry=registry, resolve=config.resolve)  # remembers each step's load run across analyses
+    key = config.resolve(config.attestations.signing_key) if config.attestations.signing_key else None
+    scale = ScaleTests(store=store, source=trust.source, signing_key=key, registry=registry)  # knees, signed
+    loads = LoadTests(registry=registry, resolve=config.resolve, scale=scale)  # each step's load, across analyses
     metrics = DaemonMetrics(registry)
     metrics.reset(await store.list_promotions(active=True, limit=100_000))
     engine = Engine(
@@ -234,11 +241,25 @@ def _leading_tasks(
     registry: CollectorRegistry,
     events: EventSink,
 ) -> dict[str, Callable[[], Coroutine[None, None, None]]]:
-    """The work only the leader does, by task name: drive promotions, probe, watch probe series."""
+    """The work only the leader does, by task name: drive promotions, probe, watch probe series, reap previews."""
     work: dict[str, Callable[[], Coroutine[None, None, None]]] = {"engine": engine.run, "probing": probing.run}
     if config.probe_watch is not None:
         work["probe-watch"] = _watch(config, providers, probing, registry, events).run
+
+    def reaped(name: str) -> None:
+        events.emit("preview.reaped", f"preview {name} expired and was removed", {"preview": name})
+
+    work["preview-reaper"] = PreviewReaper(_preview_reapers(config), on_reaped=reaped).run
     return work
+
+
+def _preview_reapers(config: VouchConfig) -> list[Reaper]:
+    """Who removes expired previews every minute: the local ones always; each other kind adds its own here."""
+    grace = config.platform.stop_grace if isinstance(config.platform, LocalPlatformSpec) else 5.0
+    reapers: list[Reaper] = [LocalPreviews(config.state_path(), stop_grace=grace)]
+    if isinstance(config.platform, KubernetesPlatformSpec):
+        reapers.append(KubePreviews.on_platform(config.platform))  # the namespaces of previews in its cluster
+    return reapers
 
 
 async def _leader_label(config: VouchConfig) -> LeaderLabel | None:

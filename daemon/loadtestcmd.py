@@ -17,4 +17,4 @@ loadtest_app = typer.Typer(
     no_args_is_help=True,
 )
 
-from vouch.daemon import loadtest_replay, loadtest_run  # noqa: E402, F401  (each registers its command)
+from vouch.daemon import loadtest_replay, loadtest_run, loadtest_scale  # noqa: E402, F401  (each registers its command)

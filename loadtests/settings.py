@@ -50,6 +50,47 @@ class LoadThresholds(Model):
         return value
 
 
+class ScaleSpec(Model):
+    """A scale test: the offered rate is stepped up against one replica until its SLO breaks; the *knee* is the
+    highest rate it held (see :mod:`vouch.loadtests.scale`). The SLO is the load test's ``thresholds``:
+    ``max_error_ratio``, ``max_latency_ms`` (at least one bound) and ``min_rate_ratio`` (0.9 when unset)."""
+
+    start: float = Field(default=10.0, gt=0)
+    """The first rate offered, in requests per second."""
+    max_rate: float = Field(default=2000.0, gt=0)
+    """The highest rate offered: a replica that holds it has a knee of at least this (said so in the result)."""
+    factor: float = Field(default=2.0, gt=1, le=10)
+    """The ramp: each step offers this many times the last rate that held, until one does not."""
+    resolution: float = Field(default=0.05, gt=0, lt=1)
+    """Then bisect until the first rate that broke the SLO is within this share above the knee (5%)."""
+    step_duration: Duration = 4.0
+    """How long each step's Locust run lasts (whole seconds; the rate is counted once every user has started)."""
+    retries: int = Field(default=1, ge=0, le=5)
+    """A step that breaks the SLO by little (every figure within twice its bound) is run again this many times and
+    counts as broken only if every run is: noise on a shared machine makes a replica look slower, never faster.
+    One that breaks it by far counts at once."""
+    max_steps: int = Field(default=30, ge=2, le=200)
+    """At most this many steps (retries included); a search cut short keeps the highest rate that held."""
+    users: int | None = Field(default=None, ge=1, le=100_000)
+    """Locust users per step; default: ``2 × rate × the largest latency bound`` (at least 2), so a user waits
+    twice the bound between its requests and keeps the offered rate until the replica slows past its bound."""
+    margin: float = Field(default=0.1, ge=0, lt=1)
+    """A knee more than this share below the previous version's (read from its scale attestation) fails."""
+
+    @field_validator("step_duration")
+    @classmethod
+    def _long_enough(cls, value: float) -> float:
+        if value < 2:
+            raise ValueError("a scale step runs for at least 2s (the rate is counted over whole seconds)")
+        return value
+
+    @model_validator(mode="after")
+    def _range(self) -> ScaleSpec:
+        if self.max_rate < self.start:
+            raise ValueError(f"max_rate {self.max_rate:g} is below start {self.start:g}")
+        return self
+
+
 class LoadTestSpec(Model):
     """A Locust load run: the user's locustfile, or one vouch writes for ``paths`` (or, with neither, for the
     service's ``GET`` http probes aimed at ``{address}``)."""
@@ -80,6 +121,9 @@ class LoadTestSpec(Model):
     locust_command: list[str] | None = Field(default=None, min_length=1)
     """How to start Locust; default ``[<vouch's python>, -m, locust]`` (install it with
     ``pip install 'vouch[loadtest]'``)."""
+    scale: ScaleSpec | None = None
+    """Also a scale test, after the load (at the same step, against one canary replica): its knee is signed as a
+    test-result attestation and a knee more than ``scale.margin`` below the previous version's fails."""
 
     @field_validator("paths")
     @classmethod
@@ -108,4 +152,6 @@ class LoadTestSpec(Model):
             raise ValueError("set either 'locustfile' (your own) or 'paths' (a generated one), not both")
         if self.thresholds.max_canary_regression and not self.compare_stable:
             raise ValueError("'thresholds.max_canary_regression' compares with stable: set 'compare_stable: true'")
+        if self.scale is not None and not self.thresholds.max_latency_ms:
+            raise ValueError("a scale test needs a latency bound to find the knee: set 'thresholds.max_latency_ms'")
         return self

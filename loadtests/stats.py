@@ -1,8 +1,9 @@
 """What Locust wrote, reduced to a :class:`~vouch.loadtests.model.LoadResult`: pure functions, no I/O.
 
-Locust's ``--json-file`` is the source of truth for counts (its CSV undercounts): a list with one
-entry per request name, each with request and failure counts, a response-time histogram (keys in
-milliseconds, rounded to two significant digits) and requests per whole second. Quantiles are taken
+Locust's ``--json-file`` (or what ``--json`` prints, read back by :func:`stats_from_output`) is the
+source of truth for counts (its CSV undercounts): a list with one entry per request name, each with
+request and failure counts, a response-time histogram (keys in milliseconds, rounded to two
+significant digits) and requests per whole second. Quantiles are taken
 from the merged histogram exactly as Locust computes its own percentiles. The failures CSV only
 names the most frequent failure messages; the stats-history CSV only feeds progress bars.
 
@@ -18,7 +19,9 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import math
+import re
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -29,6 +32,7 @@ from vouch.loadtests.model import EndpointStats, LoadResult, Progress, Quantiles
 
 _QUANTILES = (("p50", 0.50), ("p90", 0.90), ("p95", 0.95), ("p99", 0.99))
 _REQUIRED = ("name", "num_requests", "num_failures", "response_times", "num_reqs_per_sec")
+_LIST_START = re.compile(r"^\[", re.MULTILINE)
 
 
 @dataclass(frozen=True)
@@ -115,6 +119,28 @@ def percentile(histogram: Mapping[float, int], count: int, fraction: float) -> f
         if count - seen <= wanted:
             return value
     return 0.0
+
+
+def stats_from_output(text: str) -> list[object]:
+    """The JSON document ``locust --json`` printed, from its output (a pod's log): the last JSON list in ``text``
+    that starts a line; whatever else was logged around it is skipped.
+
+    Locust prints the statistics as it exits, indented, so the list opens at the start of a line. Output
+    without one (Locust crashed, or ran without ``--json``) is a :class:`LoadTestError`, never zero requests.
+
+    >>> stats_from_output('Starting Locust 2.31.0\\n[\\n    {"name": "GET /"}\\n]\\nShutting down\\n')
+    [{'name': 'GET /'}]
+    """
+    decoder = json.JSONDecoder()
+    for match in reversed(list(_LIST_START.finditer(text))):
+        try:
+            found, _ = decoder.raw_decode(text, match.start())
+        except ValueError:
+            continue
+        if isinstance(found, list):
+            return found
+    tail = " | ".join(line for line in text.strip().splitlines()[-5:] if line.strip()) or "(no output)"
+    raise LoadTestError(f"Locust printed no JSON statistics; its output ends: {tail}")
 
 
 def parse_failures(text: str, *, limit: int = 5) -> tuple[str, ...]:

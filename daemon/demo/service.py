@@ -7,7 +7,28 @@ answers 500 and ``latency_ms`` is waited before answering. Faults come from
 the command line or, per version, from a JSON file that is re-read whenever
 it changes, so a running demo can make one version misbehave::
 
-    {"2.0.0": {"error_ratio": 0.2, "latency_ms": 50, "startup_ms": 0}}
+    {"2.0.0": {"error_ratio": 0.2, "latency_ms": 50, "startup_ms": 0, "max_in_flight": 4}}
+
+``max_in_flight`` caps the requests one replica works on at once, like a
+fixed pool of workers: with ``latency_ms`` it sets the replica's capacity to
+``max_in_flight / latency`` requests per second (4 at 50 ms: 80 rps). A
+request over the cap *waits* for a slot, first come first served, and its
+wait counts in its latency; it is never shed. Below the capacity nothing
+waits (when arrivals are spread out); above it the achieved rate stays at
+the capacity and every answer slows down, so a scale test finds a clear,
+repeatable knee at the capacity. (Shedding with 503 would fail requests of
+every random burst well below the capacity: the knee would be wherever the
+error budget ran out, not where the cap is.) ``/healthz`` is never capped.
+
+``POST /checkout`` calls two backends, so a preview has something to mock:
+``$PAYMENTS_URL/charge`` (POST ``{"amount": N, "order": ID}``), then
+``$INVENTORY_URL/reserve/SKU`` (POST ``{"order": ID}``). The body
+``{"order": ID, "amount": N, "sku": SKU}`` may leave any field out (a fresh
+order id, an amount of 1, the sku ``demo``). Both backends answering 2xx gives
+200 ``{"order": ID, "charged": true}``; the first that fails gives 502 naming it
+(``"backend": "payments"``), and the other is not called; with either variable
+unset the answer is 503 "no backends configured". The faults above apply to it
+as to any other request.
 
 Example::
 
@@ -17,7 +38,9 @@ Example::
 from __future__ import annotations
 
 import argparse
+import collections
 import contextlib
+import http.client
 import json
 import os
 import random
@@ -26,9 +49,15 @@ import socket
 import sys
 import threading
 import time
+import urllib.error
+import urllib.parse
+import urllib.request
+import uuid
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
 DRAIN_SECONDS = 2.0
 """After SIGTERM, how long requests already being answered may take to finish."""
@@ -42,6 +71,8 @@ class Faults:
     latency_ms: float = 0.0
     startup_ms: float = 0.0
     """How long the replica waits before it listens: a slow start, read once at start."""
+    max_in_flight: int = 0
+    """At most this many requests are worked on at once; the others wait their turn (0: no cap)."""
 
 
 class FaultBook:
@@ -83,10 +114,110 @@ class FaultBook:
                 error_ratio=float(entry.get("error_ratio", self._defaults.error_ratio)),
                 latency_ms=float(entry.get("latency_ms", self._defaults.latency_ms)),
                 startup_ms=float(entry.get("startup_ms", self._defaults.startup_ms)),
+                max_in_flight=int(entry.get("max_in_flight", self._defaults.max_in_flight)),
             )
         except (OSError, ValueError, TypeError, AttributeError) as exc:
             print(f"demo: ignoring faults file {self._path}: {exc}", file=sys.stderr, flush=True)
             return self._current
+
+
+class Slots:
+    """The replica's workers: at most ``limit`` holders at once, the others wait in arrival order.
+
+    The limit is passed on every request (the faults file may change it while requests wait); a
+    limit of 0 or less never waits.
+    """
+
+    def __init__(self) -> None:
+        self._busy = 0
+        self._waiting: collections.deque[object] = collections.deque()
+        self._changed = threading.Condition()
+
+    @contextlib.contextmanager
+    def held(self, limit: int) -> Iterator[None]:
+        if limit <= 0:
+            yield
+            return
+        ticket = object()
+        with self._changed:
+            self._waiting.append(ticket)
+            try:
+                while self._waiting[0] is not ticket or self._busy >= limit:
+                    self._changed.wait()
+            finally:
+                self._waiting.remove(ticket)
+                self._changed.notify_all()  # the next in line may fit too (a raised limit)
+            self._busy += 1
+        try:
+            yield
+        finally:
+            with self._changed:
+                self._busy -= 1
+                self._changed.notify_all()
+
+
+BACKEND_TIMEOUT = 5.0
+"""How long ``/checkout`` waits for each backend's answer."""
+
+BACKENDS = {"payments": "PAYMENTS_URL", "inventory": "INVENTORY_URL"}
+"""The backends ``/checkout`` calls, and the environment variable holding each one's base URL."""
+
+
+def checkout(body: bytes, environ: Mapping[str, str]) -> tuple[int, dict[str, object]]:
+    """Answer ``POST /checkout`` (see the module docstring): the status and the JSON document."""
+    missing = [variable for variable in BACKENDS.values() if not environ.get(variable)]
+    if missing:
+        return 503, {"error": f"no backends configured: {', '.join(missing)} unset"}
+    try:
+        order, amount, sku = _order(body)
+    except ValueError as exc:
+        return 400, {"error": str(exc)}
+    calls = (
+        ("payments", "/charge", {"amount": amount, "order": order}),
+        ("inventory", "/reserve/" + urllib.parse.quote(sku, safe=""), {"order": order}),
+    )
+    for backend, path, document in calls:
+        failure = _post(environ[BACKENDS[backend]].rstrip("/") + path, document)
+        if failure is not None:
+            return 502, {"error": f"backend {backend} failed: {failure}", "backend": backend, "order": order}
+    return 200, {"order": order, "charged": True}
+
+
+def _order(body: bytes) -> tuple[object, object, str]:
+    """(order id, amount, sku) of a checkout request; ValueError saying what is wrong."""
+    try:
+        document = json.loads(body) if body.strip() else {}
+    except ValueError as exc:
+        raise ValueError(f"the body is not JSON: {exc}") from exc
+    if not isinstance(document, dict):
+        raise ValueError("the body must be a JSON object")
+    order = document.get("order", f"order-{uuid.uuid4().hex[:12]}")
+    amount = document.get("amount", 1)
+    sku = document.get("sku", "demo")
+    if isinstance(order, bool) or not isinstance(order, (str, int)) or order == "":
+        raise ValueError("order must be a non-empty string or an integer")
+    if isinstance(amount, bool) or not isinstance(amount, (int, float)) or amount < 0:
+        raise ValueError("amount must be a number, 0 or more")
+    if not isinstance(sku, str) or not sku:
+        raise ValueError("sku must be a non-empty string")
+    return order, amount, sku
+
+
+def _post(url: str, document: dict[str, object]) -> str | None:
+    """POST ``document`` as JSON to ``url``: None when answered 2xx, else what went wrong."""
+    request = urllib.request.Request(
+        url, data=json.dumps(document).encode(), method="POST", headers={"Content-Type": "application/json"}
+    )
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # backends are called directly
+    try:
+        with opener.open(request, timeout=BACKEND_TIMEOUT) as response:
+            response.read()
+    except urllib.error.HTTPError as exc:
+        with exc:
+            return f"answered {exc.code}"
+    except (OSError, http.client.HTTPException, ValueError) as exc:  # refused, dropped, timed out, bad URL
+        return f"no answer ({type(exc).__name__}: {exc})"
+    return None
 
 
 class DemoServer(ThreadingHTTPServer):
@@ -102,6 +233,13 @@ class DemoServer(ThreadingHTTPServer):
         self.faults = faults
         self.in_flight = 0
         self.idle = threading.Condition()
+        self.slots = Slots()
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client gone while its request waited for a slot (a load run that ended) is no error: stay quiet."""
+        if isinstance(sys.exc_info()[1], ConnectionError):
+            return
+        super().handle_error(request, client_address)
 
     def drain(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
@@ -133,19 +271,22 @@ class DemoHandler(BaseHTTPRequestHandler):
 
     def _serve(self, server: DemoServer) -> None:
         length = int(self.headers.get("Content-Length") or 0)
-        if length:
-            self.rfile.read(length)
+        body = self.rfile.read(length) if length else b""
         path = self.path
         if path.split("?", 1)[0] == "/healthz":
             self._send(200, {"status": "ok", "version": server.version})
             return
         faults = server.faults.current()
-        if faults.latency_ms > 0:
-            time.sleep(faults.latency_ms / 1000)
-        if faults.error_ratio > 0 and random.random() < faults.error_ratio:
-            self._send(500, {"version": server.version, "path": path, "error": "injected fault"})
-            return
-        self._send(200, {"version": server.version, "path": path})
+        with server.slots.held(faults.max_in_flight):
+            if faults.latency_ms > 0:
+                time.sleep(faults.latency_ms / 1000)
+            if faults.error_ratio > 0 and random.random() < faults.error_ratio:
+                self._send(500, {"version": server.version, "path": path, "error": "injected fault"})
+                return
+            if self.command == "POST" and path.split("?", 1)[0] == "/checkout":
+                self._send(*checkout(body, os.environ))
+                return
+            self._send(200, {"version": server.version, "path": path})
 
     def _send(self, status: int, document: dict[str, object]) -> None:
         body = json.dumps(document).encode()
@@ -191,6 +332,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--error-ratio", type=float, default=0.0, help="share of requests answering 500")
     parser.add_argument("--latency-ms", type=float, default=0.0, help="latency added to each answer")
     parser.add_argument("--startup-ms", type=float, default=0.0, help="wait this long before listening")
+    parser.add_argument(
+        "--max-in-flight", type=int, default=0, help="requests worked on at once; the others wait (0: no cap)"
+    )
     return parser.parse_args(argv)
 
 
@@ -198,7 +342,8 @@ def main(argv: list[str] | None = None) -> int:
     """Serve until SIGTERM or SIGINT, then let requests in flight finish and exit 0."""
     signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)  # before any thread starts: all inherit it
     args = parse_args(argv)
-    faults = FaultBook(args.version, Faults(args.error_ratio, args.latency_ms, args.startup_ms), args.faults_file)
+    defaults = Faults(args.error_ratio, args.latency_ms, args.startup_ms, args.max_in_flight)
+    faults = FaultBook(args.version, defaults, args.faults_file)
     startup = faults.current().startup_ms / 1000
     if startup > 0 and signal.sigtimedwait(STOP_SIGNALS, startup) is not None:
         return 0  # asked to stop while still starting

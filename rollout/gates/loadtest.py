@@ -14,7 +14,9 @@ validate`` refuses a configuration whose limit is too low).
 At other steps the gate passes ("load test runs at step 5%"); a step that is not in the plan, a
 Locust that cannot run, or a run that made no request is INCONCLUSIVE, never a pass. With
 ``compare_stable`` stable's replicas are loaded at the same time and as hard, and the canary is judged
-against them too. Results are exported as Prometheus metrics when a registry is given.
+against them too. Results are exported as Prometheus metrics when a registry is given. With ``scale``
+settings, a load run that held is followed by the scale test (:mod:`vouch.rollout.gates.scale`), and the
+verdict is the scale test's, with the load run's reasons first.
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ from vouch.loadtests.settings import LoadTestSpec
 from vouch.probes.http import HttpProbeSpec
 from vouch.probes.registry import ProbeDefinition
 from vouch.rollout.config import ServiceSpec
+from vouch.rollout.gates.scale import ScaleTests
 from vouch.rollout.model import Endpoint, GateContext, GatePhase, Measurement, Verdict
 from vouch.rollout.state import Promotion
 
@@ -127,7 +130,8 @@ class LoadTests:
     The daemon makes one and asks it for each promotion's gate (gates are rebuilt at every analysis
     run; this memory is not). At most ``keep`` finished runs are remembered; starting a step's run
     cancels a run of the same promotion's other step still going. ``runner`` picks the runner per
-    load test (a Locust subprocess by default); ``resolve`` turns a configured locustfile into a path.
+    load test (a Locust subprocess by default); ``resolve`` turns a configured locustfile into a path;
+    ``scale`` reads, compares and signs scale tests' knees (default: against the SLO only, unsigned).
 
     Example::
 
@@ -142,8 +146,10 @@ class LoadTests:
         resolve: Callable[[str], Path] = Path,
         runner: RunnerFactory | None = None,
         keep: int = 256,
+        scale: ScaleTests | None = None,
     ) -> None:
         self.metrics = LoadTestMetrics(registry) if registry is not None else None
+        self.scale = scale if scale is not None else ScaleTests(registry=registry)
         self.resolve = resolve
         self._runner = runner or _locust_runner
         self._keep = keep
@@ -158,6 +164,7 @@ class LoadTests:
             wait=gate_wait(promotion.limits.interval),
             probe_requests=requests_from_probes(service.probes),
             name=name,
+            release_id=promotion.release_id,
         )
 
     def runner(self, spec: LoadTestSpec) -> LoadRunner:
@@ -204,8 +211,10 @@ class LoadTestGate:
         wait: float,
         probe_requests: Sequence[Request] = (),
         name: str = "loadtest",
+        release_id: str | None = None,
     ) -> None:
         self.name = name
+        self._release_id = release_id
         self._spec = spec
         self._tests = tests
         self._steps = tuple(steps)
@@ -232,6 +241,9 @@ class LoadTestGate:
         done, _ = await asyncio.wait({run.task}, timeout=self._wait)
         if not done:
             running = f"load test running ({time.monotonic() - run.started:.0f}s of {spec.duration:g}s)"
+            if spec.scale is not None:
+                running = f"load and scale test running ({time.monotonic() - run.started:.0f}s; the load takes "
+                running += f"{spec.duration:g}s, then the scale test steps the rate up)"
             return Verdict(self.name, GatePhase.INCONCLUSIVE, (running,))
         if run.task.cancelled():
             return self._unusable("the load test was cancelled before it finished")
@@ -242,12 +254,30 @@ class LoadTestGate:
         try:
             with self._locustfile(spec) as locustfile:
                 results = await self._load(spec, ctx, locustfile)
+            verdict = self._verdict(spec, ctx, results)
+            if spec.scale is not None and verdict.phase is GatePhase.PASS:
+                scaled = await self._scale(spec, ctx)
+                verdict = Verdict(self.name, scaled.phase, verdict.reasons + scaled.reasons,
+                                  verdict.measurements + scaled.measurements, scaled.errored)  # fmt: skip
         except LoadTestError as exc:
             return self._unusable(f"the load test could not run: {exc}")
         except Exception as exc:
             log.exception("load test of %s failed", ctx.target)
             return self._unusable(f"the load test failed: {type(exc).__name__}: {exc}")
-        return self._verdict(spec, ctx, results)
+        return verdict
+
+    async def _scale(self, spec: LoadTestSpec, ctx: GateContext) -> Verdict:
+        """The scale test of one canary replica, with the load's requests (or the user's locustfile)."""
+        own = self._tests.resolve(spec.locustfile) if spec.locustfile is not None else None
+        return await self._tests.scale.verdict(
+            spec,
+            ctx,
+            runner=self._tests.runner(spec),
+            locustfile=own,
+            requests=tuple(parse_request(p) for p in spec.paths) or self._probe_requests,
+            release_id=self._release_id,
+            name=self.name,
+        )
 
     @contextlib.contextmanager
     def _locustfile(self, spec: LoadTestSpec) -> Iterator[Path]:

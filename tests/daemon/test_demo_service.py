@@ -177,3 +177,24 @@ def test_a_slow_start_waits_before_listening_and_a_stop_cuts_it_short(tmp_path) 
     finally:
         proc.kill()
         proc.wait()
+
+
+def test_checkout_without_backends_configured_answers_503_and_other_methods_keep_answering(
+    start_demo, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("PAYMENTS_URL", raising=False)
+    monkeypatch.delenv("INVENTORY_URL", raising=False)
+    demo = start_demo("3.0.0")
+    status, body = demo.get("/checkout", method="POST", data=b'{"order": "o-1"}')
+    assert status == 503
+    assert json.loads(body)["error"] == "no backends configured: PAYMENTS_URL, INVENTORY_URL unset"
+    status, body = demo.get("/checkout")
+    assert (status, json.loads(body)) == (200, {"version": "3.0.0", "path": "/checkout"})
+
+
+def test_checkout_names_the_one_backend_variable_missing(start_demo, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PAYMENTS_URL", "http://127.0.0.1:9")
+    monkeypatch.delenv("INVENTORY_URL", raising=False)
+    demo = start_demo()
+    status, body = demo.get("/checkout", method="POST", data=b"")
+    assert (status, json.loads(body)["error"]) == (503, "no backends configured: INVENTORY_URL unset")
