@@ -13,7 +13,7 @@ import asyncio
 import hashlib
 import logging
 import os
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,6 +41,7 @@ from vouch.daemon.probing import Probing
 from vouch.daemon.store.kubernetes import KubernetesStore, KubernetesStoreSpec
 from vouch.daemon.store.sqlite import SqliteStore
 from vouch.daemon.verification import DeployedAttester, ReleaseVerification
+from vouch.loadtests.errors import LoadTestError
 from vouch.probes.scheduler import ProbeRun
 from vouch.rollout.alarms import Alert, AlertBook
 from vouch.rollout.attestations.sources import AttestationSource, DirectorySourceSpec, build_source
@@ -52,6 +53,7 @@ from vouch.rollout.gates import build_gates
 from vouch.rollout.gates.base import Gate
 from vouch.rollout.gates.loadtest import LoadTests
 from vouch.rollout.gates.scale import ScaleTests
+from vouch.rollout.loadtest_kube import KubernetesLocustRunner, connect_runner
 from vouch.rollout.metrics import build_providers
 from vouch.rollout.metrics.base import MetricProvider
 from vouch.rollout.model import Verdict
@@ -154,7 +156,9 @@ async def serve(
     trust = _Trust.of(config, store, on_event=flow)
     key = config.resolve(config.attestations.signing_key) if config.attestations.signing_key else None
     scale = ScaleTests(store=store, source=trust.source, signing_key=key, registry=registry)  # knees, signed
-    loads = LoadTests(registry=registry, resolve=config.resolve, scale=scale)  # each step's load, across analyses
+    cluster_load = await _cluster_load_runner(config)
+    in_cluster = (lambda _spec: cluster_load) if cluster_load is not None else None
+    loads = LoadTests(registry=registry, resolve=config.resolve, scale=scale, runner=in_cluster)  # across analyses
     metrics = DaemonMetrics(registry)
     metrics.reset(await store.list_promotions(active=True, limit=100_000))
     engine = Engine(
@@ -216,7 +220,8 @@ async def serve(
             if on_ready is not None:
                 on_ready(DaemonInfo(url=url, token=token, state_dir=state))
     finally:
-        await asyncio.shield(_shutdown(runner, platform, providers, trust, audit, store, loads))
+        closers = [loads.aclose, *([cluster_load.aclose] if cluster_load is not None else [])]
+        await asyncio.shield(_shutdown(runner, platform, providers, trust, audit, store, closers))
 
 
 def _config_summary(config: VouchConfig) -> dict[str, object]:
@@ -275,6 +280,17 @@ async def _leader_label(config: VouchConfig) -> LeaderLabel | None:
     except KubeApiError as exc:
         raise ConfigError([Problem("<config>", None, "daemon.leader_election", f"no Kubernetes API: {exc}")]) from exc
     return LeaderLabel(KubeApi(api, RetryPolicy()), pod=pod, namespace=namespace)
+
+
+async def _cluster_load_runner(config: VouchConfig) -> KubernetesLocustRunner | None:
+    """Locust in the cluster when configured (``loadtest_runner``); None: a subprocess beside the daemon."""
+    spec = config.loadtest_runner
+    if spec is None:
+        return None
+    try:
+        return await connect_runner(spec)
+    except LoadTestError as exc:
+        raise ConfigError([Problem("<config>", None, "loadtest_runner", str(exc))]) from exc
 
 
 async def _open_store(config: VouchConfig, state: Path) -> SqliteStore | KubernetesStore:
@@ -414,10 +430,10 @@ async def _shutdown(
     trust: _Trust,
     audit: AuditLog,
     store: SqliteStore | KubernetesStore,
-    loads: LoadTests,
+    closers: Sequence[Callable[[], Awaitable[None]]],
 ) -> None:
     closing = [*(p.close for p in providers.values()), trust.close, audit.close, store.close]
-    steps = [runner.cleanup, loads.aclose, platform.stop, *closing]
+    steps = [runner.cleanup, *closers, platform.stop, *closing]
     for step in steps:
         try:
             await step()

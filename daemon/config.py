@@ -55,6 +55,7 @@ from vouch.rollout.config import (
     ProviderSpec,
     ServiceSpec,
 )
+from vouch.rollout.loadtest_kube import KubernetesLoadRunnerSpec
 
 Loc = tuple[str | int, ...]
 """A field path: mapping keys as strings, list positions as integers."""
@@ -203,6 +204,10 @@ class VouchConfig(Model):
     audit: AuditSpec = Field(default_factory=AuditSpec)
     """The tamper-evident audit log of every transition, decision, override, configuration load and
     API change, with its actor."""
+    loadtest_runner: KubernetesLoadRunnerSpec | None = None
+    """Where the ``loadtest`` gate's Locust runs: unset, a subprocess next to the daemon; ``{kind:
+    kubernetes, namespace, templates_dir, workers, image}``, a master Job and worker Jobs in the cluster
+    (the chart sets this with ``loadtest.enabled``)."""
     notifications: NotificationsSpec = Field(default_factory=NotificationsSpec)
     """Where events are told: Slack (one threaded message per release), webhooks, the log; and routes
     saying which events go where (security, the escalation chain, the team's channel)."""

@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 from pydantic import TypeAdapter, ValidationError
 
 from vouch.daemon.config import DaemonSpec, Loc, ProbeWatchSpec, VouchConfig, dotted, quoted, split_host_port
+from vouch.loadtests.scale import most_steps
 from vouch.loadtests.settings import LoadTestSpec
 from vouch.probes.registry import ProbeDefinition
 from vouch.rollout.config import (
@@ -333,6 +334,10 @@ def _loading_environments(parts: Parts, spec: _ServiceView) -> list[tuple[str, _
     return found
 
 
+SCALE_STEP_OVERHEAD = 1.5
+"""Seconds each scale-test step adds to its run time: starting Locust and reading its results."""
+
+
 def _check_load_timing(
     name: str, load: LoadTestSpec, env_name: str, env: _EnvironmentView
 ) -> Iterator[tuple[Loc, str]]:
@@ -344,14 +349,17 @@ def _check_load_timing(
             yield ("services", name, "loadtest", "step"), f"in environment {env_name!r}: {exc}"
     analysis = env.analysis
     if analysis is not None:
-        needed = inconclusive_runs(load.duration, analysis.interval)
+        # A scale test follows a passing load run: budget its worst case (each step plus Locust's start-up).
+        scaled = most_steps(load.scale) * (load.scale.step_duration + SCALE_STEP_OVERHEAD) if load.scale else 0.0
+        runs_for = load.duration + scaled
+        needed = inconclusive_runs(runs_for, analysis.interval)
         if needed > analysis.inconclusive_limit:
             yield (
                 ("environments", env_name, "analysis", "inconclusive_limit"),
-                f"the load test of {name!r} runs {load.duration:g}s: with analysis every {analysis.interval:g}s about "
+                f"the load test of {name!r} runs up to {runs_for:g}s: with analysis every {analysis.interval:g}s about "
                 f"{needed} analysis runs are inconclusive while it runs, more than inconclusive_limit "
                 f"{analysis.inconclusive_limit}; raise the limit to {needed} or the interval to at least "
-                f"{round(load.duration) + 10}s",
+                f"{round(runs_for) + 10}s",
             )
 
 

@@ -100,3 +100,18 @@ def test_the_analysis_must_tolerate_the_runs_the_load_takes() -> None:
     ) in problem.message
     parse_config(text.replace("{interval: 10s}", "{interval: 10s, inconclusive_limit: 2}"), source="vouch.yaml")
     parse_config(text.replace("{interval: 10s}", "{interval: 40s}"), source="vouch.yaml")
+
+
+def test_a_scale_test_is_budgeted_at_its_worst_case() -> None:
+    scaled = VALID.replace(
+        "      step: 50%\n",
+        "      step: 50%\n      thresholds: {max_latency_ms: {p95: 200}}\n"
+        "      scale: {start: 10, max_rate: 80, factor: 2, resolution: 0.1, retries: 0, step_duration: 3s}\n",
+    ).replace(
+        "    plan: {steps: [1, 50%, 100%]}\n", "    plan: {steps: [1, 50%, 100%]}\n    analysis: {interval: 20s}\n"
+    )
+    # 4 ramp rates and 3 bisections, each 3 s plus 1.5 s of start-up, after the 30 s load run: 61.5 s
+    problem = only(scaled)
+    assert "runs up to 61.5s" in problem.message
+    assert "raise the limit to 2 or the interval to at least 72s" in problem.message
+    parse_config(VALID.replace("{steps: [1, 50%, 100%]}", "{steps: [1, 50%, 100%]}\n    analysis: {interval: 20s}"))
