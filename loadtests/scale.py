@@ -34,7 +34,6 @@ import typing
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
@@ -45,7 +44,6 @@ from vouch.loadtests.locustfiles import Request, write_locustfile
 from vouch.loadtests.model import LoadPlan, LoadResult, LoadRunner
 from vouch.loadtests.settings import LoadThresholds, ScaleSpec
 
-TEMPLATE = "scale_locustfile.py.tmpl"
 """The scale test's locustfile (package data): users spread evenly over one period, then a fixed schedule."""
 
 DEFAULT_RATE_RATIO = 0.9
@@ -327,11 +325,10 @@ async def run_scale(
 
 @contextlib.contextmanager
 def scale_locustfile(requests: Sequence[Request]) -> Iterator[Path]:
-    """The scale test's locustfile for ``requests`` in a temporary folder of its own, removed afterwards."""
+    """The scale test's locustfile for ``requests`` in a temporary folder of its own, removed afterwards: the
+    generated one, whose users spread their requests evenly over each period (a burst would read as a knee)."""
     with tempfile.TemporaryDirectory(prefix="vouch-scale-") as folder:
-        path = write_locustfile(requests, Path(folder))
-        path.write_text(resources.files("vouch.loadtests").joinpath(TEMPLATE).read_text(encoding="utf-8"))
-        yield path
+        yield write_locustfile(requests, Path(folder))
 
 
 @dataclass(frozen=True)
