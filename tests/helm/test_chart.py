@@ -5,7 +5,8 @@ default values and for value sets covering HA, monitoring, an external OPA and e
 mount; each manifest is validated strictly by ``kubernetes-validate`` against Kubernetes 1.29 and
 1.37. The Prometheus Operator's ServiceMonitor and PrometheusRule are no core kinds, so they are
 checked against the small schemas below instead. The generated files must equal their sources:
-the probe alerts ``render_rules()`` writes, and the permissions in ``RULES``.
+the probe alerts ``render_rules()`` writes, and the permissions in ``RULES``. The Job templates of
+load tests on Kubernetes are filled by vouch's own runner and validated the same way.
 """
 
 from __future__ import annotations
@@ -26,8 +27,12 @@ import yaml
 
 from vouch.daemon.breakglass import GrantRequest
 from vouch.daemon.config import parse_config
+from vouch.loadtests.locustfiles import generated_locustfile, parse_request
+from vouch.loadtests.model import LoadPlan
 from vouch.probes.rules import render_rules
 from vouch.rollout.attestations.kubesource import KubernetesSourceSpec
+from vouch.rollout.loadtest_kube import KubernetesLoadRunnerSpec, manifests
+from vouch.rollout.platforms.kube.loadjobs import FILES, LoadJobTemplates
 from vouch.rollout.platforms.kube.rbac import RULES
 
 CHART = Path(__file__).resolve().parents[2] / "helm" / "vouch"
@@ -45,6 +50,8 @@ MONITORING: dict[str, Any] = {
     "prometheusRule": {"enabled": True, "labels": {"release": "kube-prometheus-stack"}},
 }
 OPA_POLICY = {"kind": "opa", "url": "http://opa.opa.svc:8181", "path": "vouch/decision"}
+LOADTEST: dict[str, Any] = {"loadtest": {"enabled": True, "namespace": "loadtests", "workers": 3}}
+PREVIEWS: dict[str, Any] = {"previews": {"enabled": True}}
 
 
 def opa_values() -> dict[str, Any]:
@@ -101,6 +108,8 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
     "monitoring": MONITORING,
     "opa": opa_values(),
     "everything": everything_values(),
+    "loadtest": LOADTEST,
+    "previews": PREVIEWS,
 }
 
 
@@ -497,14 +506,16 @@ def test_generated_files_are_current_by_the_script_too() -> None:
 
 
 def test_ha_rbac_grants_exactly_the_rules_the_code_uses(chart: helm.Chart) -> None:
-    grants = granted(render(chart, HA))
+    grants = granted(render(chart, {**HA, **LOADTEST, **PREVIEWS}))
     everything = {(r.api_group, r.resource, v, r.scope) for r in RULES for v in r.verbs}
     as_granted = {(*g, "cluster" if ns == "" else "namespace") for ns, gs in grants.items() for g in gs}
     assert as_granted == everything
     platform = expected({"platform"}, "namespace")
     home = expected({"store", "leader", "self", "attestations"}, "namespace")
     assert grants.pop(NAMESPACE, set()) == home
-    assert grants.pop("", set()) == expected({"platform", "store", "leader", "self", "attestations"}, "cluster")
+    assert grants.pop("loadtests", set()) == expected({"loadtest"}, "namespace")
+    users = {"platform", "store", "leader", "self", "attestations", "loadtest", "previews"}
+    assert grants.pop("", set()) == expected(users, "cluster")
     assert grants == {"shop": platform, "shop-staging": platform}
 
 
@@ -559,6 +570,37 @@ def test_rbac_leaves_out_environments_in_other_clusters(chart: helm.Chart) -> No
     values["rbac"] = {"namespaces": []}
     grants = granted(render(chart, values))
     assert set(grants) - {""} == {"shop-staging"}, "production is reached through the kubeconfig context prod-eu"
+
+
+def test_load_test_rules_go_where_the_jobs_run_and_only_when_enabled(chart: helm.Chart) -> None:
+    grants = granted(render(chart, LOADTEST))
+    assert grants.pop("loadtests") == expected({"loadtest"}, "namespace")
+    assert set(grants) == {"shop", "shop-staging"}
+    # by default in the release's namespace, beside nothing else there (the sqlite store needs nothing)
+    here = granted(render(chart, {"loadtest": {"enabled": True}}))
+    assert here.pop(NAMESPACE) == expected({"loadtest"}, "namespace")
+    default = granted(render(chart, {}))
+    assert not {resource for grants_here in default.values() for _, resource, _ in grants_here} & {"jobs", "pods/log"}
+
+
+def test_preview_rules_are_cluster_wide_and_only_when_enabled(chart: helm.Chart) -> None:
+    previews = expected({"previews"}, "cluster")
+    assert ("", "namespaces", "delete") in previews, "each preview is a namespace, removed whole"
+    grants = granted(render(chart, PREVIEWS))
+    assert grants.pop("") == previews
+    assert grants == granted(render(chart, {})), "the namespaced grants stay as they were"
+    # granted whatever the platform: a local daemon may still reap the previews CI made in a cluster
+    config = {**chart.values["config"], "platform": {"kind": "local"}}
+    assert granted(render(chart, {**PREVIEWS, "config": config})) == {"": previews}
+    assert "" not in granted(render(chart, {**HA, **LOADTEST}))
+
+
+def test_the_daemon_knows_its_own_image_for_the_mocks_of_previews(chart: helm.Chart) -> None:
+    values = {"image": {"repository": "registry.example.com/vouch", "tag": "1.4.0"}}
+    env = {e["name"]: e.get("value") for e in deployment_env(render(chart, values))}
+    assert env["VOUCH_IMAGE"] == "registry.example.com/vouch:1.4.0"
+    env = {e["name"]: e.get("value") for e in deployment_env(render(chart, {}))}
+    assert env["VOUCH_IMAGE"] == f"ghcr.io/vouch-dev/vouch:{chart.metadata['appVersion']}"
 
 
 def test_local_platform_needs_no_kubernetes_permissions(chart: helm.Chart) -> None:
@@ -668,6 +710,89 @@ def test_config_changes_roll_the_pods(chart: helm.Chart) -> None:
     assert checksum({"config": changed}) != checksum({})
 
 
+# --------------------------------------------------------------------------- load tests on Kubernetes
+
+
+def loadtest_manifests(chart: helm.Chart, values: dict[str, Any]) -> list[dict[str, Any]]:
+    """One load run's objects as vouch's runner makes them from the templates and settings the chart renders."""
+    docs = render(chart, values)
+    templates = LoadJobTemplates.parse(
+        {part: one(docs, "ConfigMap", f"{RELEASE}-loadtest")["data"][name] for part, name in FILES.items()}
+    )
+    spec = KubernetesLoadRunnerSpec.model_validate(rendered_config(docs)["loadtest_runner"])
+    with generated_locustfile([parse_request("/cart"), parse_request("POST /orders")]) as locustfile:
+        plan = LoadPlan(
+            target="http://10.1.2.3:8080",
+            locustfile=locustfile,
+            users=50,
+            spawn_rate=10,
+            duration=60,
+            rate=200,
+            env={"VOUCH_HOSTS": "http://10.1.2.3:8080 http://10.1.2.4:8080"},
+            tags=("checkout",),
+        )
+        made = manifests(plan, spec, templates, run="4f3e2d1c")
+    return list(made.ordered())
+
+
+@pytest.mark.parametrize("kube_version", KUBERNETES_VERSIONS)
+def test_load_test_jobs_filled_from_the_chart_validate_strictly(chart: helm.Chart, kube_version: str) -> None:
+    made = loadtest_manifests(chart, LOADTEST)
+    assert sorted(d["kind"] for d in made) == ["ConfigMap", "Job", "Job", "Service"]
+    for doc in made:
+        assert "${" not in json.dumps(doc), "every placeholder is filled"
+        assert doc["metadata"]["namespace"] == "loadtests"
+        assert doc["metadata"]["labels"]["vouch.dev/loadtest-run"] == "4f3e2d1c"
+        validate(doc, kube_version)
+
+
+def test_load_test_jobs_are_locked_down_and_bounded(chart: helm.Chart) -> None:
+    values = {"loadtest": {**LOADTEST["loadtest"], "settings": {"keep_finished": "15m", "start_timeout": "3m"}}}
+    master, configmap, service, workers = loadtest_manifests(chart, values)
+    for job, role in ((master, "master"), (workers, "worker")):
+        assert job["metadata"]["labels"]["vouch.dev/loadtest-role"] == role
+        assert job["spec"]["backoffLimit"] == 0
+        assert job["spec"]["ttlSecondsAfterFinished"] == 900
+        assert job["spec"]["activeDeadlineSeconds"] == 180 + 60 + 60
+        pod = job["spec"]["template"]["spec"]
+        assert pod["automountServiceAccountToken"] is False
+        assert pod["securityContext"]["runAsNonRoot"] is True
+        assert pod["securityContext"]["runAsUser"] != 0
+        (container,) = pod["containers"]
+        assert container["image"] == "locustio/locust:2.47.0"
+        assert container["securityContext"]["readOnlyRootFilesystem"] is True
+        assert container["securityContext"]["allowPrivilegeEscalation"] is False
+        assert container["resources"] == {"requests": {"cpu": "500m", "memory": "256Mi"}, "limits": {"memory": "512Mi"}}
+        volumes = {v["name"]: v for v in pod["volumes"]}
+        assert volumes["locustfile"]["configMap"]["name"] == configmap["metadata"]["name"]
+    master_args = master["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert {"--master", "--headless", "--json", "--skip-log-setup", "--expect-workers=3"} <= set(master_args)
+    assert "--users=50" in master_args
+    assert "--expect-workers-max-wait=180" in master_args
+    assert workers["spec"]["parallelism"] == workers["spec"]["completions"] == 3
+    worker_args = workers["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert f"--master-host={service['metadata']['name']}" in worker_args
+    # the Service selects the master's pod, not the workers'
+    assert service["spec"]["selector"].items() <= master["spec"]["template"]["metadata"]["labels"].items()
+    assert not service["spec"]["selector"].items() <= workers["spec"]["template"]["metadata"]["labels"].items()
+
+
+def test_the_daemon_mounts_the_load_test_templates_where_its_configuration_says(chart: helm.Chart) -> None:
+    docs = render(chart, LOADTEST)
+    runner = rendered_config(docs)["loadtest_runner"]
+    assert (runner["kind"], runner["namespace"], runner["workers"]) == ("kubernetes", "loadtests", 3)
+    pod = one(docs, "Deployment")["spec"]["template"]["spec"]
+    (mount,) = [m for m in pod["containers"][0]["volumeMounts"] if m["name"] == "loadtest-templates"]
+    assert mount["mountPath"] == runner["templates_dir"]
+    (volume,) = [v for v in pod["volumes"] if v["name"] == "loadtest-templates"]
+    data = one(docs, "ConfigMap", volume["configMap"]["name"])["data"]
+    assert data == {name: (CHART / "files" / "locust" / name).read_text() for name in FILES.values()}
+    # off by default: no templates, no mount, no runner
+    default = render(chart, {})
+    assert f"{RELEASE}-loadtest" not in {d["metadata"]["name"] for d in default if d["kind"] == "ConfigMap"}
+    assert "loadtest_runner" not in rendered_config(default)
+
+
 # --------------------------------------------------------------------------- values.schema.json
 
 
@@ -685,6 +810,12 @@ def test_config_changes_roll_the_pods(chart: helm.Chart) -> None:
         ({"config": {"services": None}}, "/config"),
         ({"config": ["not", "a", "mapping"]}, "/config"),
         ({"serviceMonitor": {"interval": "often"}}, "/serviceMonitor/interval"),
+        ({"loadtest": {"enabled": True, "workers": 0}}, "/loadtest/workers"),
+        ({"loadtest": {"enabled": True, "namespace": "Load_Tests"}}, "/loadtest/namespace"),
+        ({"loadtest": {"enable": True}}, "enable"),
+        ({"loadtest": {"enabled": True, "resources": {"requests": {"cpu": 1}}}}, "/loadtest/resources/requests/cpu"),
+        ({"previews": {"enabled": "yes"}}, "/previews/enabled"),
+        ({"previews": {"enable": True}}, "enable"),
     ],
 )
 def test_schema_rejects_bad_values(chart: helm.Chart, values: dict[str, Any], field: str) -> None:

@@ -87,7 +87,9 @@ which store it uses and whether it elects a leader (daemon.store,
 daemon.leader_election), since the Deployment's strategy depends on those. With
 the kubernetes store and no attestations.source, attestations are kept in the
 cluster too (kind kubernetes), not on the pod's own state volume. Break-glass
-files are read from the mounted overrides ConfigMap (break_glass.directory).
+files are read from the mounted overrides ConfigMap (break_glass.directory). With
+loadtest.enabled, loadtest_runner points vouch's Kubernetes load runner at the
+mounted Job templates.
 */}}
 {{- define "vouch.config" -}}
 {{- $config := deepCopy (.Values.config | default dict) }}
@@ -119,6 +121,17 @@ files are read from the mounted overrides ConfigMap (break_glass.directory).
 {{- end }}
 {{- if $attestations }}
 {{- $_ = set $config "attestations" $attestations }}
+{{- end }}
+{{- if .Values.loadtest.enabled }}
+{{- /* Load tests as Jobs: the chart's templates are mounted there; settings cannot move them. */}}
+{{- $runner := deepCopy (.Values.loadtest.settings | default dict) }}
+{{- $_ = set $runner "kind" "kubernetes" }}
+{{- $_ = set $runner "namespace" (include "vouch.loadtestNamespace" .) }}
+{{- $_ = set $runner "image" .Values.loadtest.image }}
+{{- $_ = set $runner "workers" (int .Values.loadtest.workers) }}
+{{- $_ = set $runner "resources" (deepCopy (.Values.loadtest.resources | default dict)) }}
+{{- $_ = set $runner "templates_dir" "/etc/vouch/loadtest" }}
+{{- $_ = set $config "loadtest_runner" $runner }}
 {{- end }}
 {{- /* The overrides ConfigMap is always mounted there (it may be empty or missing). */}}
 {{- $breakGlass := deepCopy (get $config "break_glass" | default dict) }}
@@ -205,4 +218,14 @@ when the source is of another kind, or reached through a kubeconfig context or f
 
 {{- define "vouch.leaseName" -}}
 {{- get (.Values.leaderElection.settings | default dict) "lease_name" | default (printf "%s-leader" (include "vouch.fullname" .)) }}
+{{- end }}
+
+{{/*
+The namespace where load tests run as Jobs (loadtest.namespace, else the release's); empty when
+loadtest.enabled is false.
+*/}}
+{{- define "vouch.loadtestNamespace" -}}
+{{- if .Values.loadtest.enabled }}
+{{- .Values.loadtest.namespace | default .Release.Namespace }}
+{{- end }}
 {{- end }}

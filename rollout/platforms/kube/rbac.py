@@ -18,7 +18,8 @@ class Rule:
     resource: str  # "deployments", "pods", "services", "events", "configmaps", "leases", ...
     verbs: tuple[str, ...]
     scope: str  # "namespace" (Role) or "cluster" (ClusterRole)
-    used_by: str  # "platform" | "store" | "leader" | "self" (the daemon's own pod) | "attestations"
+    # "platform" | "store" | "leader" | "self" (the daemon's own pod) | "attestations" | "loadtest" | "previews"
+    used_by: str
 
 
 RULES: list[Rule] = [
@@ -47,4 +48,28 @@ RULES: list[Rule] = [
     # the kubernetes attestation source (rollout/attestations/kubesource.py): one ConfigMap per document in
     # the source's namespace; listed by label, created, read back to check a repeated put. Never changed.
     Rule("", "configmaps", ("get", "list", "create"), "namespace", "attestations"),
+    # --- load tests on Kubernetes (rollout/loadtest_kube.py), in the load-test namespace ---
+    # each run's master and worker Jobs: created, polled until the master's finishes, deleted
+    Rule("batch", "jobs", ("get", "create", "delete"), "namespace", "loadtest"),
+    # the run's locustfile (a ConfigMap) and the Service its workers reach the master through
+    Rule("", "configmaps", ("create", "delete"), "namespace", "loadtest"),
+    Rule("", "services", ("create", "delete"), "namespace", "loadtest"),
+    # the master's pod, found by label, and its log, which ends with Locust's statistics
+    Rule("", "pods", ("list",), "namespace", "loadtest"),
+    Rule("", "pods/log", ("get",), "namespace", "loadtest"),
+    # a failed run recorded as an Event on its master Job
+    Rule("", "events", ("create",), "namespace", "loadtest"),
+    # --- end load tests ---
+    # --- previews on Kubernetes (daemon/preview/kube.py): one namespace per preview, removed whole ---
+    # the preview's namespace: created (with its TTL labels), read (an existing one's owner, down's check,
+    # waiting for it to terminate), listed by label (list, the reaper), deleted (down, the reaper; only
+    # namespaces labelled as vouch's previews). Namespaces are cluster-scoped.
+    Rule("", "namespaces", ("get", "list", "create", "delete"), "cluster", "previews"),
+    # what runs in it, in namespaces made on the fly (so granted cluster-wide): the service's and the
+    # mocks' Deployments, read until available; their Services; the mocks' specs. Never changed or
+    # deleted one by one: they go with their namespace.
+    Rule("apps", "deployments", ("get", "create"), "cluster", "previews"),
+    Rule("", "services", ("create",), "cluster", "previews"),
+    Rule("", "configmaps", ("create",), "cluster", "previews"),
+    # --- end previews ---
 ]
