@@ -263,7 +263,9 @@ def _preview_reapers(config: VouchConfig) -> list[Reaper]:
     grace = config.platform.stop_grace if isinstance(config.platform, LocalPlatformSpec) else 5.0
     reapers: list[Reaper] = [LocalPreviews(config.state_path(), stop_grace=grace)]
     if isinstance(config.platform, KubernetesPlatformSpec):
-        reapers.append(KubePreviews.on_platform(config.platform))  # the namespaces of previews in its cluster
+        reapers.append(
+            KubePreviews.on_platform(config.platform, config.previews)
+        )  # the namespaces of previews in its cluster
     return reapers
 
 

@@ -42,6 +42,7 @@ from vouch.daemon.audit.settings import AuditSpec
 from vouch.daemon.breakglass import BreakGlassSpec
 from vouch.daemon.leader import LeaderElectionSpec
 from vouch.daemon.notify.settings import NotificationsSpec
+from vouch.daemon.preview.kubeobjects import KubePreviewsSpec
 from vouch.daemon.store.kubernetes import KubernetesStoreSpec
 from vouch.probes.registry import ProbeDefinition
 from vouch.rollout.attestations.sources import SourceSpec
@@ -204,6 +205,9 @@ class VouchConfig(Model):
     audit: AuditSpec = Field(default_factory=AuditSpec)
     """The tamper-evident audit log of every transition, decision, override, configuration load and
     API change, with its actor."""
+    previews: KubePreviewsSpec = Field(default_factory=KubePreviewsSpec)
+    """Previews on Kubernetes (``vouch preview up --platform kubernetes``): the image the mocks run,
+    resources, how long to wait for them to be available and to go."""
     loadtest_runner: KubernetesLoadRunnerSpec | None = None
     """Where the ``loadtest`` gate's Locust runs: unset, a subprocess next to the daemon; ``{kind:
     kubernetes, namespace, templates_dir, workers, image}``, a master Job and worker Jobs in the cluster

@@ -492,7 +492,8 @@ def _previews(cfg: VouchConfig | None, state_dir: Path, kind: str | None = None)
     kind = kind or (platform.kind if platform is not None else "local")
     if kind == "kubernetes":
         return KubePreviews.on_platform(
-            platform if isinstance(platform, KubernetesPlatformSpec) else KubernetesPlatformSpec()
+            platform if isinstance(platform, KubernetesPlatformSpec) else KubernetesPlatformSpec(),
+            cfg.previews if cfg is not None else None,
         )
     if kind != "local":
         raise InputError(f"unknown platform {kind!r} for previews; known: kubernetes, local")
