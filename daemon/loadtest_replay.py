@@ -2,7 +2,9 @@
 
 Exit codes: 0 the replay ran, every scheduled request fired and the error ratio is within
 ``--max-error-ratio``; 1 it ran and did not hold; 2 usage, an unreadable log, nothing left to
-replay or Locust unable to run. Progress goes to stderr; ``--json`` prints one document to stdout.
+replay, an unreadable key or Locust unable to run. Progress goes to stderr; ``--json`` prints one document to
+stdout. ``--attest`` and ``--metrics-out`` write the result as ``vouch loadtest run`` does (see
+:class:`vouch.daemon.loadtest_run.Outputs`), the test named ``replay-test``.
 """
 
 from __future__ import annotations
@@ -20,12 +22,30 @@ from rich.text import Text
 
 from vouch.core.durations import format_duration, parse_duration
 from vouch.daemon.cliout import EXIT_FAILED, err, fail, out, reported
+from vouch.daemon.loadtest_run import (
+    UNKNOWN,
+    AttestOption,
+    EnvironmentOption,
+    KeyOption,
+    MetricsOutOption,
+    OutOption,
+    Outputs,
+    ServiceOption,
+    SubjectOption,
+    TrackOption,
+    VersionOption,
+    print_written,
+)
 from vouch.daemon.loadtestcmd import loadtest_app
+from vouch.loadtests.judge import Figure, Judgement
 from vouch.loadtests.locust import LocustRunner
+from vouch.loadtests.metrics import export_result
 from vouch.loadtests.model import Progress as RunProgress
 from vouch.loadtests.model import Quantiles
 from vouch.loadtests.replay import FORMATS, JsonFields, ReplayFilters, read_log, replay_plan, run_replay
 from vouch.loadtests.replay.replay import PreparedReplay, ReplayOutcome
+from vouch.loadtests.settings import LoadThresholds
+from vouch.rollout.attestations.loadresult import load_statement
 
 
 def _fields(specs: list[str], *, as_json: bool) -> JsonFields:
@@ -66,7 +86,23 @@ def _quantiles(q: Quantiles, *names: str) -> str:
     return ", ".join(f"{name} {'-' if (v := q.get(name)) is None else f'{v:.1f}'} ms" for name in names)
 
 
-def _report(outcome: ReplayOutcome, problems: tuple[str, ...]) -> None:
+def _judgement(outcome: ReplayOutcome, problems: tuple[str, ...], *, max_error_ratio: float) -> Judgement:
+    """The replay's verdict in the form a load run's takes, for its attestation: ``problems`` are the reasons it
+    failed; the figures are the requests, the error ratio and how many scheduled requests fired."""
+    r, kept = outcome.result, outcome.summary.kept
+    fired = outcome.timing.fired if outcome.timing is not None else None
+    figures = (
+        Figure("requests", r.requests, "> 0"),
+        Figure("error ratio", r.error_ratio, f"<= {max_error_ratio:.4g}"),
+        Figure("fired", fired, f">= {kept}"),
+    )
+    held = (
+        f"all {kept} scheduled requests fired; error ratio {r.error_ratio:.4g} within the maximum {max_error_ratio:.4g}"
+    )
+    return Judgement(not problems, problems or (held,), figures, conclusive=r.requests > 0)
+
+
+def _report(outcome: ReplayOutcome, problems: tuple[str, ...], written: dict[str, str | None]) -> None:
     s, r, t = outcome.summary, outcome.result, outcome.timing
     table = Table(box=None, pad_edge=False, show_header=False)
     table.add_column(style="bold")
@@ -88,6 +124,7 @@ def _report(outcome: ReplayOutcome, problems: tuple[str, ...]) -> None:
             err.print(Text.assemble(("FAIL", "bold red"), " ", problem))
     else:
         out.print(Text("replay held", style="green"))
+    print_written(written)
 
 
 @loadtest_app.command("replay")
@@ -117,6 +154,15 @@ def replay(
     field: Annotated[
         list[str] | None, typer.Option("--field", help="JSON lines field name, PART=NAME, e.g. time=ts.")
     ] = None,
+    attest: AttestOption = False,
+    key: KeyOption = None,
+    subject: SubjectOption = None,
+    out_dir: OutOption = None,
+    metrics_out: MetricsOutOption = None,
+    service: ServiceOption = None,
+    environment: EnvironmentOption = None,
+    version: VersionOption = UNKNOWN,
+    track: TrackOption = "canary",
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON document to stdout.")] = False,
 ) -> None:
     """Replay an access log against a target with the requests' original relative timing, through Locust.
@@ -125,11 +171,20 @@ def replay(
     answer, a 5xx, or a 4xx where the log had none. Exits 0 when every request fired and the error ratio
     is within `--max-error-ratio`, 1 when not.
 
+    `--attest` signs the result with `--key` as an in-toto test-result attestation about `--subject`
+    (test `replay-test`, PASSED or FAILED, the figures, summary and timing in the extension field
+    https://vouch.dev/attestations/load/v1) and stores it in the directory source `--out` (DIR/sha256-HEX/).
+    `--metrics-out FILE` writes vouch_loadtest_requests_total, vouch_loadtest_failures_total,
+    vouch_loadtest_rps and vouch_loadtest_latency_ms{quantile}, labelled service, environment, version and
+    track (`unknown` where no option gave one), for node_exporter's textfile collector or a Pushgateway.
+
     Example: vouch loadtest replay examples/access.log --target http://127.0.0.1:8080 --speed 4
     """
     with reported(as_json=as_json):
         cap = _duration(max_duration, as_json=as_json)
         fields = _fields(field or [], as_json=as_json)
+        outputs = Outputs.checked(attest=attest, key=key, subject=subject, folder=out_dir, metrics=metrics_out,
+                                  service=service, environment=environment, version=version, track=track)  # fmt: skip
         parsed = read_log(log, format=log_format, skip_bad=skip_bad, keep_credentials=keep_credentials, fields=fields)
         if parsed.skipped:
             err.print(Text(f"skipped {parsed.skipped} bad records, the first: " + "; ".join(parsed.first_skipped)))
@@ -148,14 +203,32 @@ def replay(
                 )
             )
             outcome = asyncio.run(_run(prepared))
-    problems = outcome.problems(max_error_ratio=max_error_ratio)
+        problems = outcome.problems(max_error_ratio=max_error_ratio)
+        written = _write(outcome, problems, outputs, max_error_ratio=max_error_ratio)
     if as_json:
-        document: dict[str, Any] = {"ok": not problems, "problems": list(problems), **outcome.to_dict()}
+        document: dict[str, Any] = {"ok": not problems, "problems": list(problems), **outcome.to_dict(), **written}
         print(json.dumps(document, indent=2))
     else:
-        _report(outcome, problems)
+        _report(outcome, problems, written)
     if problems:
         raise typer.Exit(EXIT_FAILED)
+
+
+def _write(
+    outcome: ReplayOutcome, problems: tuple[str, ...], outputs: Outputs, *, max_error_ratio: float
+) -> dict[str, str | None]:
+    """The attestation and the metrics file the options asked for; where each went (``None``: not asked)."""
+    written: dict[str, str | None] = {"attestation": None, "metrics": None}
+    if outputs.attesting:
+        judgement = _judgement(outcome, problems, max_error_ratio=max_error_ratio)
+        thresholds = LoadThresholds(max_error_ratio=max_error_ratio, min_rate_ratio=None)
+        details = {key: value for key, value in outcome.to_dict().items() if key != "result"}
+        statement = load_statement(outcome.result, judgement, thresholds=thresholds, test_name="replay-test",
+                                   details=details, **outputs.about())  # fmt: skip
+        written["attestation"] = outputs.store(statement, prefix="replay")
+    result = outcome.result
+    written["metrics"] = outputs.write(lambda registry: export_result(result, registry, **outputs.labels()))
+    return written
 
 
 def _duration(text: str | None, *, as_json: bool) -> float | None:

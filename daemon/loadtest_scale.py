@@ -4,7 +4,8 @@ Exit codes: 0 a knee was found and, given a baseline (``--previous`` or ``--base
 than ``--margin`` below it; 1 no rate held the SLO, or the knee fell below the baseline by more than the
 margin; 2 usage, an unreadable baseline or key, or Locust unable to run. Each step is reported on stderr as
 it ends; ``--json`` prints one document to stdout. ``--attest`` signs the result as an in-toto test-result
-statement and stores it where the daemon's directory source reads it (``DIR/sha256-HEX/``).
+statement and stores it where the daemon's directory source reads it (``DIR/sha256-HEX/``); ``--metrics-out``
+writes the knee in Prometheus text format.
 """
 
 from __future__ import annotations
@@ -23,10 +24,19 @@ from securesystemslib.signer import CryptoSigner  # type: ignore[attr-defined]  
 
 from vouch.core.errors import InputError
 from vouch.daemon.cliout import EXIT_FAILED, err, out, reported
+from vouch.daemon.loadtest_run import UNKNOWN, MetricsOutOption, check_metrics_out, write_metrics
 from vouch.daemon.loadtestcmd import loadtest_app
 from vouch.loadtests.locust import LocustRunner
 from vouch.loadtests.locustfiles import parse_request
-from vouch.loadtests.scale import KneeComparison, ScaleResult, ScaleStep, compare_knee, run_scale, scale_locustfile
+from vouch.loadtests.scale import (
+    KneeComparison,
+    ScaleMetrics,
+    ScaleResult,
+    ScaleStep,
+    compare_knee,
+    run_scale,
+    scale_locustfile,
+)
 from vouch.loadtests.settings import LoadTestSpec
 from vouch.rollout.attestations.dsse import parse_subject
 from vouch.rollout.attestations.keys import load_signer
@@ -120,7 +130,7 @@ def _ms(value: float | None) -> str:
     return "-" if value is None else f"{value:.0f} ms"
 
 
-def _report(result: ScaleResult, comparison: KneeComparison, location: str | None) -> None:
+def _report(result: ScaleResult, comparison: KneeComparison, location: str | None, metrics: str | None) -> None:
     table = Table(box=None, pad_edge=False, header_style="bold")
     for column in ("STEP", "OFFERED", "ACHIEVED", "USERS", "P50", "P95", "P99", "ERRORS", "SLO"):
         table.add_column(column)
@@ -134,6 +144,8 @@ def _report(result: ScaleResult, comparison: KneeComparison, location: str | Non
     out.print(Text.assemble(("ok" if comparison.passed else "FAIL", style), " ", comparison.reason))
     if location is not None:
         out.print(Text(f"attestation: {location}"))
+    if metrics is not None:
+        out.print(Text(f"metrics: {metrics}"))
 
 
 @loadtest_app.command("scale")
@@ -177,7 +189,8 @@ def scale(
     ] = None,
     service: Annotated[str | None, typer.Option("--service", help="Service named in it (default: NAME).")] = None,
     version: Annotated[str, typer.Option("--version", help="Version named in the attestation.")] = "unknown",
-    environment: Annotated[str | None, typer.Option("--environment", help="Environment named in it.")] = None,
+    environment: Annotated[str | None, typer.Option("--env", "--environment", help="Environment named in it.")] = None,
+    metrics_out: MetricsOutOption = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON document to stdout.")] = False,
 ) -> None:
     """Step the offered rate against ONE replica until its SLO breaks, and report the knee and the curve.
@@ -185,6 +198,9 @@ def scale(
     A geometric ramp from --start (times --factor) until a step breaks the SLO (error ratio, latency bounds,
     achieved over offered rate), then a bisection to --resolution. Exits 0 when a knee was found (and is
     within --margin of the baseline, when one is given), 1 when not.
+
+    `--metrics-out FILE` writes vouch_loadtest_knee_rps{service, environment, version} (0: no rate held;
+    `unknown` where no option gave a label) for node_exporter's textfile collector or a Pushgateway.
 
     Example: vouch loadtest scale http://127.0.0.1:8080 --max-p95-ms 100 --start 20 --baseline-rps 80 --json
     """
@@ -195,6 +211,7 @@ def scale(
             raise InputError("give --previous FILE or --baseline-rps N, not both")
         if attest and (key is None or subject is None or out_dir is None):
             raise InputError("--attest needs --key KEY, --subject NAME@sha256:HEX and --out DIR")
+        check_metrics_out(metrics_out)
         bounds = {"p50": max_p50_ms, "p95": max_p95_ms, "p99": max_p99_ms}
         settings: dict[str, Any] = {
             "start": start, "max_rate": max_rate, "factor": factor, "step_duration": step_duration,
@@ -221,15 +238,21 @@ def scale(
         if attest and signer is not None and parsed is not None and out_dir is not None:
             names = (service or parsed.name, version, environment)
             location = _attest(result, comparison, signer=signer, subject=parsed, folder=out_dir, names=names)
+        metrics = None
+        if metrics_out is not None:
+            labels = {"service": service or (parsed.name if parsed is not None else UNKNOWN),
+                      "environment": environment or UNKNOWN, "version": version}  # fmt: skip
+            metrics = write_metrics(metrics_out, lambda registry: ScaleMetrics(registry).export(result, **labels))
     if as_json:
         report = {
             "result": result.to_dict(),
             "comparison": {"passed": comparison.passed, "reason": comparison.reason,
                            "baseline_rps": comparison.baseline_rps, "margin": comparison.margin},
             "attestation": location,
+            "metrics": metrics,
         }  # fmt: skip
         print(json.dumps(report, indent=2))
     else:
-        _report(result, comparison, location)
+        _report(result, comparison, location, metrics)
     if not comparison.passed:
         raise typer.Exit(EXIT_FAILED)

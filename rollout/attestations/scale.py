@@ -23,7 +23,6 @@ Example::
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -35,14 +34,8 @@ from securesystemslib.signer import Key, Signer  # type: ignore[attr-defined]  #
 
 from vouch.core.errors import VouchError
 from vouch.loadtests.scale import KneeComparison, ScaleResult, slo_dict
-from vouch.rollout.attestations.dsse import (
-    check_subject,
-    is_envelope,
-    parse_digest,
-    parse_statement,
-    sign_statement,
-    verify_envelope,
-)
+from vouch.rollout.attestations.dsse import check_subject, is_envelope, parse_digest, parse_statement, verify_envelope
+from vouch.rollout.attestations.loadresult import measured_stamp, result_predicate, store_statement
 from vouch.rollout.attestations.model import PAYLOAD_TYPE, RawAttestation, Statement, Subject
 from vouch.rollout.attestations.predicates import TEST_RESULT_V01, VOUCH_PREFIX
 from vouch.rollout.attestations.sources import AttestationSource
@@ -94,12 +87,11 @@ def scale_statement(
     PASSED when a knee was found and, when ``comparison`` is given, it held against the previous knee.
     """
     passed = result.knee_rps is not None and (comparison is None or comparison.passed)
-    stamp = datetime.fromtimestamp(measured_at, UTC) if measured_at is not None else datetime.now(UTC)
     extension: dict[str, Any] = {
         "service": service,
         "version": version,
         **({"environment": environment} if environment is not None else {}),
-        "measured_at": stamp.isoformat(timespec="seconds").replace("+00:00", "Z"),
+        "measured_at": measured_stamp(measured_at),
         **result.to_dict(),
     }
     if comparison is not None:
@@ -109,14 +101,13 @@ def scale_statement(
             "passed": comparison.passed,
             "reason": comparison.reason,
         }
-    slo = json.dumps(slo_dict(result.slo), sort_keys=True, separators=(",", ":")).encode()
-    predicate: dict[str, Any] = {
-        "result": "PASSED" if passed else "FAILED",
-        "configuration": [{"name": "slo.json", "digest": {"sha256": hashlib.sha256(slo).hexdigest()}}],
-        "passedTests": [TEST_NAME] if passed else [],
-        "failedTests": [] if passed else [TEST_NAME],
-        SCALE_EXTENSION: extension,
-    }
+    predicate = result_predicate(
+        passed=passed,
+        test_name=TEST_NAME,
+        configuration={"slo.json": slo_dict(result.slo)},
+        extension_type=SCALE_EXTENSION,
+        extension=extension,
+    )
     subject = Subject(subject_name, {"sha256": parse_digest(digest)})
     return Statement(subjects=(subject,), predicate_type=TEST_RESULT_V01, predicate=predicate)
 
@@ -207,8 +198,7 @@ async def store_scale(
     statement: Statement, *, signer: Signer, source: AttestationSource, digest: str, name: str
 ) -> str:
     """Sign ``statement`` with ``signer`` and store the envelope for ``digest`` as ``name``; returns where it went."""
-    envelope = sign_statement(statement, [signer])
-    return await source.put(digest, name, json.dumps(envelope).encode())
+    return await store_statement(statement, signer=signer, source=source, digest=digest, name=name)
 
 
 async def _artifact(store: Store, service: str, version: str) -> str | None:

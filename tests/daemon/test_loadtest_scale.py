@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 from support.loadtarget import locust_children
 from support.scaletarget import capped_replicas
 from typer.testing import CliRunner
@@ -42,7 +43,10 @@ def replica() -> Iterator[str]:
 def test_a_knee_within_the_margin_exits_0_and_a_knee_below_it_exits_1_with_an_attestation(
     replica: str, tmp_path: Path
 ) -> None:
-    held = runner.invoke(app, ["loadtest", "scale", replica, *SEARCH, "--baseline-rps", "34", "--margin", "0.5"])
+    metrics = ["--metrics-out", str(tmp_path / "scale.prom"), "--service", "shop", "--env", "staging"]
+    held = runner.invoke(
+        app, ["loadtest", "scale", replica, *SEARCH, "--baseline-rps", "34", "--margin", "0.5", *metrics]
+    )
     assert held.exit_code == 0, held.output
     document = json.loads(held.stdout)
     assert document["comparison"]["passed"] is True
@@ -51,6 +55,11 @@ def test_a_knee_within_the_margin_exits_0_and_a_knee_below_it_exits_1_with_an_at
     knee = document["result"]["knee_rps"]
     assert knee is not None
     assert 20 <= knee <= 46, document["result"]["curve"]
+    assert document["metrics"] == str(tmp_path / "scale.prom")
+    [family] = text_string_to_metric_families((tmp_path / "scale.prom").read_text())
+    [sample] = family.samples
+    assert (sample.name, sample.value) == ("vouch_loadtest_knee_rps", knee)
+    assert sample.labels == {"service": "shop", "environment": "staging", "version": "unknown"}
     (tmp_path / "previous.json").write_text(held.stdout)
     assert _baseline(tmp_path / "previous.json", None, None) == knee
 
@@ -87,6 +96,7 @@ def test_text_output_shows_the_curve_and_progress(replica: str) -> None:
         (["--previous", "x.json", "--baseline-rps", "10"], "give --previous FILE or --baseline-rps N, not both"),
         (["--attest", "--subject", f"shop@{DIGEST}"], "--attest needs --key KEY"),
         (["--step-duration", "1s"], "at least 2s"),
+        (["--metrics-out", "/nonexistent/scale.prom"], "no folder /nonexistent"),
         (["--previous", "/nonexistent/previous.json"], "cannot read --previous"),
     ],
 )
