@@ -206,15 +206,16 @@ class JobKubelet:
             self.emulator.logs.pop((job.namespace, pod.name), None)
 
     async def _stop_pods(self, job: _Job) -> None:
+        """SIGTERM every pod at once, as the kubelet would, then SIGKILL what is left after a short grace."""
+        running = [pod for pod in job.pods if pod.process.returncode is None]
+        for pod in running:
+            _signal(pod.process.pid, signal.SIGTERM)
+        if running:
+            await asyncio.wait({asyncio.ensure_future(pod.process.wait()) for pod in running}, timeout=3)
         for pod in job.pods:
-            if pod.process.returncode is None:
-                _signal(pod.process.pid, signal.SIGTERM)
-                try:
-                    await asyncio.wait_for(pod.process.wait(), 10)
-                except TimeoutError:
-                    _signal(pod.process.pid, signal.SIGKILL)
-                    await pod.process.wait()
             _signal(pod.process.pid, signal.SIGKILL)
+        for pod in running:
+            await pod.process.wait()
 
     # ------------------------------------------------------------------ the kubelet
 
