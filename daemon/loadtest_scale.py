@@ -40,6 +40,7 @@ from vouch.loadtests.scale import (
 from vouch.loadtests.settings import LoadTestSpec
 from vouch.rollout.attestations.dsse import parse_subject
 from vouch.rollout.attestations.keys import load_signer
+from vouch.rollout.attestations.loadresult import attestation_name
 from vouch.rollout.attestations.model import RawAttestation, Subject
 from vouch.rollout.attestations.scale import SCALE_EXTENSION, read_scale, scale_statement, store_scale
 from vouch.rollout.attestations.sources import DirectorySource
@@ -121,9 +122,9 @@ def _attest(
     digest = "sha256:" + subject.digest["sha256"]
     statement = scale_statement(result, subject_name=subject.name, digest=digest, version=version, service=service,
                                 environment=environment, comparison=comparison)  # fmt: skip
-    stamp = str(statement.predicate[SCALE_EXTENSION]["measured_at"]).replace(":", "").replace("-", "")
+    name = attestation_name("scale", statement, stamp=str(statement.predicate[SCALE_EXTENSION]["measured_at"]))
     return asyncio.run(store_scale(statement, signer=signer, source=DirectorySource(folder), digest=digest,
-                                   name=f"scale-{stamp}"))  # fmt: skip
+                                   name=name))  # fmt: skip
 
 
 def _ms(value: float | None) -> str:
