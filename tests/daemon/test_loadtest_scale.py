@@ -9,8 +9,7 @@ from pathlib import Path
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
-from support.loadtarget import locust_children
-from support.scaletarget import capped_replicas
+from support.loadtarget import demo_targets, locust_children
 from typer.testing import CliRunner
 
 from vouch.core.errors import InputError
@@ -31,7 +30,7 @@ SEARCH += ["--step-duration", "2s", "--path", "/work", "--json"]
 def replica() -> Iterator[str]:
     """One demo replica of 2 workers at 50 ms: 40 requests per second."""
     loop = asyncio.new_event_loop()
-    context = capped_replicas()
+    context = demo_targets()
     start = loop.run_until_complete(context.__aenter__())
     try:
         yield loop.run_until_complete(start("3.0.0", latency_ms=50, max_in_flight=2)).url

@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from support.loadtarget import locust_children
-from support.scaletarget import capacity, capped_replicas
+from support.loadtarget import capacity, demo_targets, locust_children
 
 from vouch.loadtests.errors import LoadTestError
 from vouch.loadtests.locust import LocustRunner
@@ -20,7 +19,7 @@ async def test_the_knee_of_a_replica_matches_its_injected_capacity_within_15_per
     spec = ScaleSpec(start=30, factor=2, resolution=0.1, step_duration=3, retries=1)
     slo = LoadThresholds(max_latency_ms={"p95": 150})
     steps: list[ScaleStep] = []
-    async with capped_replicas() as start:
+    async with demo_targets() as start:
         replica = await start("1.0.0", latency_ms=50, max_in_flight=4)
         with scale_locustfile([parse_request("/work")]) as locustfile:
             result = await run_scale(

@@ -8,8 +8,7 @@ from typing import Any
 
 import pytest
 from prometheus_client import CollectorRegistry
-from support.loadtarget import locust_children
-from support.scaletarget import capped_replicas
+from support.loadtarget import demo_targets, locust_children
 
 from vouch.daemon.store.sqlite import SqliteStore
 from vouch.loadtests.scale import ScaleResult, scale_slo
@@ -87,7 +86,7 @@ async def test_a_knee_that_dropped_beyond_the_margin_fails_while_an_equal_one_pa
     registry = CollectorRegistry()
     scale = ScaleTests(store=store, source=source, signing_key=pair.private_path, registry=registry)
     tests = LoadTests(registry=registry, scale=scale)
-    async with capped_replicas() as start:
+    async with demo_targets() as start:
         equal = await start("2.0.0", latency_ms=50, max_in_flight=4)  # 80 rps, as stable
         slower = await start("3.0.0", latency_ms=50, max_in_flight=2)  # 40 rps
         held = promotion("p-equal", "r-2", "2.0.0")

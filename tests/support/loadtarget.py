@@ -5,6 +5,7 @@ Example::
     async with demo_targets() as start:
         canary = await start("2.0.0", latency_ms=50)
         result = await LocustRunner().run(LoadPlan(target=canary.url, ...))
+        capped = await start("2.0.0", latency_ms=50, max_in_flight=4)  # a knee at 80 requests per second
 """
 
 from __future__ import annotations
@@ -24,15 +25,24 @@ from vouch.rollout.model import Endpoint
 StartDemo = Callable[..., Awaitable[Endpoint]]
 
 
+def capacity(*, latency_ms: float, max_in_flight: int) -> float:
+    """Requests per second a replica with these faults serves: ``max_in_flight / latency``."""
+    return max_in_flight / (latency_ms / 1000)
+
+
 @contextlib.asynccontextmanager
 async def demo_targets() -> AsyncIterator[StartDemo]:
     """Start demo replicas with injected faults; every one is stopped when the block ends."""
     started: list[asyncio.subprocess.Process] = []
 
-    async def start(version: str = "1.0.0", *, latency_ms: float = 0, error_ratio: float = 0) -> Endpoint:
+    async def start(
+        version: str = "1.0.0", *, latency_ms: float = 0, error_ratio: float = 0, max_in_flight: int | None = None
+    ) -> Endpoint:
         port = free_port()
         argv = [sys.executable, "-m", DEMO_MODULE, "--port", str(port), "--version", version]
         argv += ["--latency-ms", str(latency_ms), "--error-ratio", str(error_ratio)]
+        if max_in_flight is not None:
+            argv += ["--max-in-flight", str(max_in_flight)]
         process = await asyncio.create_subprocess_exec(
             *argv, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL
         )
