@@ -36,7 +36,8 @@ from vouch.daemon.cliconnect import ConfigOpt, JsonOpt, TokenFileOpt, TokenOpt, 
 from vouch.daemon.client import VouchClient
 from vouch.daemon.cliout import EXIT_FAILED, err, out, reported
 from vouch.daemon.config import VouchConfig
-from vouch.daemon.preview.attest import attest, attestation_source
+from vouch.daemon.preview.attest import attest_to, signing_key
+from vouch.daemon.preview.attestopts import ArtifactNameOpt, CommitOpt, DigestOpt, SigningKeyOpt, StoreOpt
 from vouch.daemon.preview.checks import NOT_RUN, report_document, report_lines, run_checks
 from vouch.daemon.preview.kube import KubePreviews
 from vouch.daemon.preview.local import ListedPreview, LocalPreviews
@@ -146,23 +147,11 @@ def up_command(
     ttl: Annotated[
         str | None, typer.Option("--ttl", help="Removed by the reaper after this long (default: preview.ttl).")
     ] = None,
-    digest: Annotated[
-        str | None, typer.Option("--digest", metavar="sha256:HEX", help="Attest the results for this artifact.")
-    ] = None,
-    commit: Annotated[
-        str | None, typer.Option("--commit", metavar="SHA", help="The commit the artifact was built from.")
-    ] = None,
-    artifact_name: Annotated[
-        str | None, typer.Option("--artifact-name", help="The artifact's name in the statements (default: SERVICE).")
-    ] = None,
-    key: Annotated[
-        Path | None,
-        typer.Option("--key", metavar="KEY", help="Private key to sign with (default: attestations.signing_key)."),
-    ] = None,
-    store: Annotated[
-        Path | None,
-        typer.Option("--store", metavar="DIR", help="Store attestations here (default: the configured source)."),
-    ] = None,
+    digest: DigestOpt = None,
+    commit: CommitOpt = None,
+    artifact_name: ArtifactNameOpt = None,
+    key: SigningKeyOpt = None,
+    store: StoreOpt = None,
     no_checks: Annotated[
         bool, typer.Option("--no-checks", help="Only stand it up: no checks, no attestations.")
     ] = False,
@@ -285,21 +274,19 @@ async def _attest(cfg: VouchConfig, report: CheckReport, attesting: _Attesting |
     if attesting is None:
         await steps.report("attest", "skipped", "no --digest and --commit: nothing attested")
         return []
-    source = attestation_source(cfg, store=attesting.store)
     try:
-        written = await attest(
+        written = await attest_to(
+            cfg,
             report,
+            store=attesting.store,
             subject_name=attesting.subject,
             digest=attesting.digest,
             commit=attesting.commit,
             key=attesting.key,
-            source=source,
         )
     except VouchError as exc:
         await steps.report("attest", "failed", str(exc))
         raise
-    finally:
-        await asyncio.shield(source.close())
     verdict = "passed" if report.passed else "failed"
     await steps.report("attest", "passed", f"{len(written)} attestation(s) written, saying the checks {verdict}")
     return written
@@ -329,10 +316,7 @@ def _attesting(
         return None
     if digest is None or commit is None:
         raise InputError("--digest and --commit go together: the attestations are about both")
-    if key is None:
-        if cfg.attestations.signing_key is None:
-            raise InputError("attesting needs a signing key: give --key KEY or set attestations.signing_key")
-        key = cfg.resolve(cfg.attestations.signing_key)
+    key = signing_key(cfg, key)
     load_signer(key)
     return _Attesting(subject, digest, commit, key, store)
 

@@ -24,7 +24,8 @@ from vouch.core.errors import InputError
 from vouch.daemon.cliconnect import ConfigOpt, JsonOpt, load_default
 from vouch.daemon.cliout import EXIT_FAILED, err, out, reported
 from vouch.daemon.config import VouchConfig, split_host_port
-from vouch.daemon.preview.attest import attest, attestation_source
+from vouch.daemon.preview.attest import attest_to, signing_key
+from vouch.daemon.preview.attestopts import ArtifactNameOpt, CommitOpt, DigestOpt, SigningKeyOpt, StoreOpt
 from vouch.daemon.preview.checks import check_environment, report_document, report_lines
 from vouch.daemon.preview.model import CheckReport
 from vouch.rollout.config import LocalPlatformSpec, ServiceSpec
@@ -38,23 +39,11 @@ def verify_env(
         str | None,
         typer.Option("--address", metavar="HOST:PORT", help="Where the service answers (default: its local router)."),
     ] = None,
-    digest: Annotated[
-        str | None, typer.Option("--digest", metavar="sha256:HEX", help="Attest the results for this artifact.")
-    ] = None,
-    commit: Annotated[
-        str | None, typer.Option("--commit", metavar="SHA", help="The commit the artifact was built from.")
-    ] = None,
-    artifact_name: Annotated[
-        str | None, typer.Option("--artifact-name", help="The artifact's name in the statements (default: SERVICE).")
-    ] = None,
-    key: Annotated[
-        Path | None,
-        typer.Option("--key", metavar="KEY", help="Private key to sign with (default: attestations.signing_key)."),
-    ] = None,
-    store: Annotated[
-        Path | None,
-        typer.Option("--store", metavar="DIR", help="Store attestations here (default: the configured source)."),
-    ] = None,
+    digest: DigestOpt = None,
+    commit: CommitOpt = None,
+    artifact_name: ArtifactNameOpt = None,
+    key: SigningKeyOpt = None,
+    store: StoreOpt = None,
     as_json: JsonOpt = False,
     config: ConfigOpt = None,
 ) -> None:
@@ -76,7 +65,7 @@ def verify_env(
         where = _address(cfg, spec, service=service, environment=env, given=address)
         if (digest is None) != (commit is None):
             raise InputError("--digest and --commit go together: the attestations are about both")
-        signing_key = _key(cfg, key) if digest is not None else None
+        key_path = signing_key(cfg, key) if digest is not None else None
         err.print(f"checking {service} in {env} at {where}", markup=False)
         report, written = asyncio.run(
             _check_and_attest(
@@ -87,7 +76,7 @@ def verify_env(
                 subject=artifact_name or service,
                 digest=digest,
                 commit=commit,
-                key=signing_key,
+                key=key_path,
                 store=store,
             )
         )
@@ -120,11 +109,7 @@ async def _check_and_attest(
     )
     if digest is None or commit is None or key is None:
         return report, []
-    source = attestation_source(cfg, store=store)
-    try:
-        written = await attest(report, subject_name=subject, digest=digest, commit=commit, key=key, source=source)
-    finally:
-        await asyncio.shield(source.close())
+    written = await attest_to(cfg, report, store=store, subject_name=subject, digest=digest, commit=commit, key=key)
     return report, written
 
 
@@ -152,14 +137,6 @@ def _address(cfg: VouchConfig, spec: ServiceSpec, *, service: str, environment: 
             "give --address HOST:PORT, or set the port"
         )
     return f"{cfg.platform.host}:{placed.port}"
-
-
-def _key(cfg: VouchConfig, key: Path | None) -> Path:
-    if key is not None:
-        return key
-    if cfg.attestations.signing_key is not None:
-        return cfg.resolve(cfg.attestations.signing_key)
-    raise InputError("attesting needs a signing key: give --key KEY or set attestations.signing_key")
 
 
 def _print(report: CheckReport, written: list[str], *, as_json: bool) -> None:

@@ -13,6 +13,7 @@ Example::
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import re
@@ -129,3 +130,30 @@ def attestation_source(config: VouchConfig | None, *, store: Path | None = None)
     if isinstance(spec, DirectorySourceSpec):
         return build_source(DirectorySourceSpec(path=str(config.resolve(spec.path))))
     return build_source(spec)
+
+
+def signing_key(config: VouchConfig, key: Path | None) -> Path:
+    """``--key``, else the configuration's ``attestations.signing_key``; an :class:`InputError` with neither."""
+    if key is not None:
+        return key
+    if config.attestations.signing_key is not None:
+        return config.resolve(config.attestations.signing_key)
+    raise InputError("attesting needs a signing key: give --key KEY or set attestations.signing_key")
+
+
+async def attest_to(
+    config: VouchConfig,
+    report: CheckReport,
+    *,
+    store: Path | None,
+    subject_name: str,
+    digest: str,
+    commit: str,
+    key: Path,
+) -> list[str]:
+    """:func:`attest` into ``store`` or the configuration's source (:func:`attestation_source`), closed after."""
+    source = attestation_source(config, store=store)
+    try:
+        return await attest(report, subject_name=subject_name, digest=digest, commit=commit, key=key, source=source)
+    finally:
+        await asyncio.shield(source.close())
