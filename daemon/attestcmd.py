@@ -27,7 +27,6 @@ from vouch.rollout.attestations.dsse import parse_digest, parse_subject, sign_st
 from vouch.rollout.attestations.keys import KEY_TYPES, KeyType, generate_keypair, load_signer
 from vouch.rollout.attestations.model import Attestation, RawAttestation, Statement, Subject
 from vouch.rollout.attestations.predicates import has_property, predicate_type_for, validate_predicate
-from vouch.rollout.attestations.sigstore import sign_keyless
 from vouch.rollout.attestations.sources import DirectorySource
 from vouch.rollout.attestations.verify import AttestationVerifier, IdentitySpec, KeySpec, TrustSpec
 
@@ -127,6 +126,8 @@ def _predicate(path: Path | None, *, predicate_type: str, commit: str | None) ->
 def _signed(statement: Statement, keys: Sequence[Path], *, keyless: bool, token: str | None) -> tuple[bytes, list[str]]:
     """The signed document and who signed it (keyids, or ``keyless``)."""
     if keyless:
+        from vouch.rollout.attestations.sigstore import sign_keyless  # sigstore-python loads only for keyless
+
         return sign_keyless(statement, identity_token=token).encode(), ["keyless"]
     signers = [load_signer(path) for path in keys]
     envelope = sign_statement(statement, signers)

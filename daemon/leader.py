@@ -44,16 +44,19 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import aiohttp
-from kubernetes_asyncio.client import ApiClient, CoordinationV1Api, V1Lease
-from kubernetes_asyncio.client.exceptions import ApiException
 from pydantic import Field, model_validator
 
 from vouch.core.durations import Duration
 from vouch.core.settings import Model
 from vouch.daemon.store.kube_objects import default_namespace
+
+if TYPE_CHECKING:
+    # kubernetes_asyncio loads every API model on import (a fifth of a second): only Kubernetes work imports it.
+    from kubernetes_asyncio.client import ApiClient, V1Lease
+    from kubernetes_asyncio.client.exceptions import ApiException
 
 log = logging.getLogger(__name__)
 
@@ -198,11 +201,15 @@ class KubeLease:
     """:class:`LeaseStore` on a coordination.k8s.io/v1 Lease."""
 
     def __init__(self, api: ApiClient, *, name: str, namespace: str) -> None:
+        from kubernetes_asyncio.client import CoordinationV1Api
+
         self._api = CoordinationV1Api(api)
         self._name = name
         self._namespace = namespace
 
     async def read(self) -> tuple[LeaseRecord | None, str | None]:
+        from kubernetes_asyncio.client.exceptions import ApiException
+
         try:
             lease = await self._api.read_namespaced_lease(self._name, self._namespace)
         except ApiException as exc:
@@ -230,6 +237,8 @@ class KubeLease:
         return await self._write(self._api.patch_namespaced_lease(self._name, self._namespace, body))
 
     async def _write(self, call: Awaitable[V1Lease]) -> str | None:
+        from kubernetes_asyncio.client.exceptions import ApiException
+
         try:
             lease = await call
         except ApiException as exc:

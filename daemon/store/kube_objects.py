@@ -28,11 +28,13 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import aiohttp
-from kubernetes_asyncio.client import ApiClient, CoreV1Api, V1ConfigMap, V1ObjectMeta
-from kubernetes_asyncio.client.exceptions import ApiException
+
+if TYPE_CHECKING:
+    # kubernetes_asyncio loads every API model on import (a fifth of a second): only Kubernetes work imports it.
+    from kubernetes_asyncio.client import ApiClient, V1ConfigMap
 
 from vouch.core.errors import StoreError
 
@@ -116,6 +118,8 @@ class ConfigMaps:
     """Reads and writes ConfigMaps of one namespace with the retries and translations described above."""
 
     def __init__(self, api: ApiClient, *, namespace: str, settings: ApiSettings, where: str) -> None:
+        from kubernetes_asyncio.client import CoreV1Api
+
         self._core = CoreV1Api(api)
         self._namespace = namespace
         self._settings = settings
@@ -164,6 +168,8 @@ class ConfigMaps:
 
     async def create(self, name: str, *, labels: Mapping[str, str], data: Mapping[str, str]) -> KubeObject:
         """Create ``name``; :class:`ObjectExists` when it is taken (by anyone but an earlier try of this call)."""
+        from kubernetes_asyncio.client import V1ConfigMap, V1ObjectMeta
+
         body = V1ConfigMap(metadata=V1ObjectMeta(name=name, labels=dict(labels)), data=dict(data))
         created = await self._write(
             f"create configmap {name}",
@@ -248,6 +254,8 @@ class ConfigMaps:
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def _once(self, what: str, call: Callable[[], Awaitable[T]]) -> T:
+        from kubernetes_asyncio.client.exceptions import ApiException
+
         try:
             async with asyncio.timeout(self._settings.timeout + 1.0):
                 return await call()

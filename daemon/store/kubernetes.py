@@ -42,9 +42,8 @@ import asyncio
 import dataclasses
 import json
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
-from kubernetes_asyncio.client import ApiClient
 from pydantic import Field
 
 from vouch.core.durations import Duration
@@ -71,6 +70,9 @@ from vouch.daemon.store.kube_overrides import Overrides
 from vouch.rollout.overrides import Override
 from vouch.rollout.platforms.kube.client import KubeApiError, connect
 from vouch.rollout.state import AlertRecord, ChatThread, Event, Promotion, Release, StepRecord, VerdictRecord
+
+if TYPE_CHECKING:
+    from kubernetes_asyncio.client import ApiClient
 
 T = TypeVar("T")
 

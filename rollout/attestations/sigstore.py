@@ -24,7 +24,6 @@ from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat import asn1
-from pydantic import Field, model_validator
 from sigstore import dsse as sigstore_dsse
 from sigstore.errors import CertValidationError
 from sigstore.errors import Error as SigstoreError
@@ -37,45 +36,14 @@ from sigstore.verify import Verifier, policy
 from sigstore_models.common.v1 import HashAlgorithm
 
 from vouch.core.errors import AuthError, ConfigError, PlatformUnavailable, Problem
-from vouch.core.settings import Model
 from vouch.rollout.attestations.dsse import Unverified, check_subject, parse_digest, parse_statement, statement_bytes
+from vouch.rollout.attestations.identity import IdentitySpec
 from vouch.rollout.attestations.model import PAYLOAD_TYPE, Signer, Statement, Subject
 from vouch.rollout.attestations.predicates import ARTIFACT_SIGNATURE_V1
-
-BUNDLE_MEDIA_TYPE_PREFIX = "application/vnd.dev.sigstore.bundle"
-"""Every Sigstore bundle's ``mediaType`` starts with this (v0.1 to v0.3)."""
 
 _ISSUER_V1 = x509.ObjectIdentifier("1.3.6.1.4.1.57264.1.1")
 _ISSUER_V2 = x509.ObjectIdentifier("1.3.6.1.4.1.57264.1.8")
 _OTHERNAME = x509.ObjectIdentifier("1.3.6.1.4.1.57264.1.7")
-
-
-class IdentitySpec(Model):
-    """One Sigstore identity allowed to sign: the certificate's SAN (exact or by pattern) and its OIDC issuer."""
-
-    san: str | None = None
-    """The exact subject alternative name: an email, or a CI workflow URI such as
-    ``https://github.com/org/repo/.github/workflows/release.yml@refs/heads/main``."""
-    san_regex: str | None = None
-    """A regular expression the whole SAN must match, such as
-    ``https://github.com/org/repo/\\.github/workflows/.*@refs/heads/main``."""
-    issuer: str = Field(min_length=1)
-    """The OIDC issuer that must have vouched for the identity, e.g. ``https://token.actions.githubusercontent.com``."""
-
-    @model_validator(mode="after")
-    def _one_san(self) -> IdentitySpec:
-        if (self.san is None) == (self.san_regex is None):
-            raise ValueError("give exactly one of san and san_regex")
-        if self.san_regex is not None:
-            try:
-                re.compile(self.san_regex)
-            except re.error as exc:
-                raise ValueError(f"san_regex is not a valid regular expression: {exc}") from exc
-        return self
-
-    def describe(self) -> str:
-        san = f"SAN {self.san}" if self.san is not None else f"SAN matching /{self.san_regex}/"
-        return f"{san} from issuer {self.issuer}"
 
 
 @dataclass(frozen=True)
@@ -174,11 +142,6 @@ def _san_matches(spec: IdentitySpec, sans: Sequence[str]) -> bool:
     if spec.san is not None:
         return spec.san in sans
     return any(re.fullmatch(spec.san_regex or "", san) for san in sans)
-
-
-def is_bundle(document: Any) -> bool:
-    """Whether ``document`` says it is a Sigstore bundle."""
-    return isinstance(document, dict) and str(document.get("mediaType", "")).startswith(BUNDLE_MEDIA_TYPE_PREFIX)
 
 
 class SigstoreVerifier:

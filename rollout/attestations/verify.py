@@ -25,7 +25,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import Field, model_validator
 from securesystemslib.signer import SSlibKey  # type: ignore[attr-defined]  # re-exported without __all__
@@ -40,10 +40,13 @@ from vouch.rollout.attestations.dsse import (
     parse_statement,
     verify_envelope,
 )
+from vouch.rollout.attestations.identity import IdentitySpec, is_bundle
 from vouch.rollout.attestations.keys import load_public_key
 from vouch.rollout.attestations.model import PAYLOAD_TYPE, Attestation, RawAttestation, Rejected, Signer, Statement
 from vouch.rollout.attestations.predicates import step_of, validate_predicate
-from vouch.rollout.attestations.sigstore import IdentitySpec, SigstoreVerifier, is_bundle
+
+if TYPE_CHECKING:
+    from vouch.rollout.attestations.sigstore import SigstoreVerifier
 
 __all__ = ["AttestationVerifier", "IdentitySpec", "KeySpec", "TrustSpec", "verify"]
 
@@ -88,7 +91,12 @@ class AttestationVerifier:
     def __init__(self, trust: TrustSpec) -> None:
         self._trust = trust
         self._keys: tuple[SSlibKey, ...] = tuple(load_public_key(Path(k.path), keyid=k.keyid) for k in trust.keys)
-        self._sigstore = SigstoreVerifier(trust.sigstore, trusted_root=trust.trusted_root) if trust.sigstore else None
+        self._sigstore: SigstoreVerifier | None = None
+        if trust.sigstore:
+            # sigstore-python takes a third of a second to import: only trust in Sigstore identities loads it.
+            from vouch.rollout.attestations.sigstore import SigstoreVerifier
+
+            self._sigstore = SigstoreVerifier(trust.sigstore, trusted_root=trust.trusted_root)
 
     def verify(self, raw: RawAttestation, *, subject_digest: str) -> Attestation | Rejected:
         """Verify ``raw`` for the artifact ``subject_digest`` (``sha256:HEX``); never raises for bad input."""

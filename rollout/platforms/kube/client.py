@@ -34,14 +34,15 @@ import os
 import random
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 import aiohttp
-from kubernetes_asyncio import config as kube_config
-from kubernetes_asyncio.client import ApiClient, Configuration
-from kubernetes_asyncio.client.exceptions import ApiException
-from kubernetes_asyncio.config.config_exception import ConfigException
+
+if TYPE_CHECKING:
+    # kubernetes_asyncio loads every API model on import (a fifth of a second): only Kubernetes work imports it.
+    from kubernetes_asyncio.client import ApiClient
+    from kubernetes_asyncio.client.exceptions import ApiException
 
 log = logging.getLogger(__name__)
 
@@ -102,6 +103,10 @@ async def connect(*, context: str | None = None, kubeconfig: str | None = None, 
     Raises :class:`KubeApiError` (status None, not retryable in practice: ``reason`` "Config")
     when the configuration cannot be loaded.
     """
+    from kubernetes_asyncio import config as kube_config
+    from kubernetes_asyncio.client import ApiClient, Configuration
+    from kubernetes_asyncio.config.config_exception import ConfigException
+
     auto_in_cluster = context is None and kubeconfig is None and "KUBERNETES_SERVICE_HOST" in os.environ
     try:
         if in_cluster or auto_in_cluster:
@@ -226,6 +231,8 @@ class KubeApi:
         query: list[tuple[str, str]] | None,
         content_type: str,
     ) -> Any:
+        from kubernetes_asyncio.client.exceptions import ApiException
+
         headers = {"Accept": "application/json", "Content-Type": content_type}
         try:
             async with asyncio.timeout(self._retry.request_timeout):
