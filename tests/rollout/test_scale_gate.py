@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -90,9 +91,12 @@ async def test_a_knee_that_dropped_beyond_the_margin_fails_while_an_equal_one_pa
         equal = await start("2.0.0", latency_ms=50, max_in_flight=4)  # 80 rps, as stable
         slower = await start("3.0.0", latency_ms=50, max_in_flight=2)  # 40 rps
         held = promotion("p-equal", "r-2", "2.0.0")
-        passed = await tests.gate(service(), held).evaluate(context(held, equal))
         dropped = promotion("p-slower", "r-3", "3.0.0")
-        failed = await tests.gate(service(), dropped).evaluate(context(dropped, slower))
+        # Two promotions at once, as the daemon runs them: each search drives its own replica.
+        passed, failed = await asyncio.gather(
+            tests.gate(service(), held).evaluate(context(held, equal)),
+            tests.gate(service(), dropped).evaluate(context(dropped, slower)),
+        )
     assert passed.phase is GatePhase.PASS, passed.reasons
     assert failed.phase is GatePhase.FAIL, failed.reasons
     assert not locust_children()
