@@ -163,6 +163,35 @@ def parse_failures(text: str, *, limit: int = 5) -> tuple[str, ...]:
     return tuple(message for _, message in counted[:limit])
 
 
+FAILURES_MARK = "vouch-failures: "
+"""Starts the line a Kubernetes load run's master prints last (``failure_report.py.tmpl``)."""
+
+
+def failures_from_output(text: str, *, limit: int = 5) -> tuple[str, ...]:
+    """The failure messages a load run's master printed (see :data:`FAILURES_MARK`), most frequent first.
+
+    The same messages :func:`parse_failures` reads from the failures CSV. A log without the line
+    (templates edited without the report, an older image) gives none: messages are for people,
+    the counts judged come from the JSON statistics.
+
+    >>> failures_from_output('[]\\nvouch-failures: [{"name": "GET /", "error": "HTTPError(503)", "occurrences": 7}]\\n')
+    ('GET /: HTTPError(503)',)
+    """
+    for line in reversed(text.splitlines()):
+        if not line.startswith(FAILURES_MARK):
+            continue
+        try:
+            found = json.loads(line[len(FAILURES_MARK) :])
+        except ValueError:
+            return ()
+        if not isinstance(found, list):
+            return ()
+        rows = [f for f in found if isinstance(f, dict)]
+        rows.sort(key=lambda f: -f["occurrences"] if isinstance(f.get("occurrences"), int) else 0)
+        return tuple(f"{f.get('name') or '?'}: {f.get('error') or 'failed'}" for f in rows[:limit])
+    return ()
+
+
 def parse_progress(text: str, *, elapsed: float, duration: float) -> Progress:
     """Figures so far from the last ``Aggregated`` row of Locust's ``*_stats_history.csv``.
 

@@ -7,23 +7,24 @@ the load-test namespace, all labelled ``vouch.dev/loadtest-run=<id>``:
 1. the master Job (``locust --master --headless --json …``), created first: the others name it as
    their owner, so if vouch dies mid-run the master's ``ttlSecondsAfterFinished`` (after its
    ``activeDeadlineSeconds``) takes the whole run with it;
-2. a ConfigMap with the locustfile (and ``endpoints.json`` beside it, for a generated one);
+2. a ConfigMap with the locustfile (and ``endpoints.json`` beside it, for a generated one), and
+   ``vouch_failure_report.py``, which the templates give Locust after the locustfile;
 3. the Service the workers reach the master through;
 4. the worker Job (``locust --worker``, ``workers`` pods).
 
 The runner polls the Jobs until the master's has finished, reads the master pod's log (``pods/log``),
-whose last thing is Locust's JSON statistics, and reduces them with the same parser as the subprocess
-runner (:func:`vouch.loadtests.stats.parse_stats`). It deletes what it created (propagation
-``Background``, so the pods go too) whether the run succeeded, failed or was cancelled, shielded from
-a second cancellation. A failed Job (or one past its deadline) is a :class:`LoadTestError` carrying the
-Job's reason and the end of its pod's log, and is recorded as a Kubernetes Event on the master Job.
+which ends with Locust's JSON statistics and a line of the most frequent failures, and reduces them
+with the same parser as the subprocess runner (:func:`vouch.loadtests.stats.parse_stats`): the same
+counts, and the failure messages that runner reads from its failures CSV. It deletes what it created
+(propagation ``Background``, so the pods go too) whether the run succeeded, failed or was cancelled,
+shielded from a second cancellation. A failed Job (or one past its deadline) is a
+:class:`LoadTestError` carrying the Job's reason and the end of its pod's log, and is recorded as a
+Kubernetes Event on the master Job.
 
 Where the setting lives: this runner is chosen for the whole daemon (where load generators run is the
 operator's concern, the same for every service; a service's :class:`~vouch.loadtests.settings.LoadTestSpec`
 says only how hard and how long), as ``loadtest_runner: {kind: kubernetes, namespace, templates_dir, …}``
-in the configuration; the Helm chart writes it with ``loadtest.enabled``. The failure messages of the
-subprocess runner (its failures CSV) are not available here: ``LoadResult.errors`` is empty, the counts
-are the same.
+in the configuration; the Helm chart writes it with ``loadtest.enabled``.
 
 Example::
 
@@ -45,6 +46,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
@@ -56,7 +58,7 @@ from vouch.loadtests.errors import LoadTestError
 from vouch.loadtests.locust import run_time
 from vouch.loadtests.locustfiles import ENDPOINTS_FILE
 from vouch.loadtests.model import LoadPlan, LoadResult, Progress
-from vouch.loadtests.stats import parse_stats, stats_from_output
+from vouch.loadtests.stats import failures_from_output, parse_stats, stats_from_output
 from vouch.rollout.platforms.kube.client import KubeApi, KubeApiError, RetryPolicy, connect, path
 from vouch.rollout.platforms.kube.loadjobs import ROLE_LABEL, RUN_LABEL, LoadJobTemplates
 from vouch.rollout.platforms.kube.settings import DNS_LABEL
@@ -69,6 +71,10 @@ DEFAULT_IMAGE = "locustio/locust:2.47.0"
 """The Locust image of the master and the workers: the Locust vouch is tested with."""
 CONTAINER = "locust"
 """The container of the master pod whose log holds the statistics (the templates must keep the name)."""
+FAILURE_REPORT = "vouch_failure_report.py"
+"""The ConfigMap's file that prints the run's most frequent failures after the statistics
+(``vouch/loadtests/failure_report.py.tmpl``); the templates name it after the locustfile."""
+
 MAX_LOCUSTFILE_BYTES = 900_000
 """A ConfigMap holds at most 1 MiB; the locustfile and its requests must fit with room to spare."""
 ResourceKind = Literal["requests", "limits"]
@@ -173,10 +179,15 @@ def locust_environment(plan: LoadPlan) -> dict[str, str]:
     return env
 
 
+def _failure_report() -> str:
+    return resources.files("vouch.loadtests").joinpath("failure_report.py.tmpl").read_text(encoding="utf-8")
+
+
 def locustfile_data(locustfile: Path) -> dict[str, str]:
-    """The ConfigMap's files: the locustfile as ``locustfile.py``, and the requests of a generated one beside it."""
+    """The ConfigMap's files: the locustfile as ``locustfile.py``, the requests of a generated one beside it,
+    and the failure report (:data:`FAILURE_REPORT`)."""
     try:
-        data = {"locustfile.py": locustfile.read_text(encoding="utf-8")}
+        data = {"locustfile.py": locustfile.read_text(encoding="utf-8"), FAILURE_REPORT: _failure_report()}
         requests = locustfile.with_name(ENDPOINTS_FILE)
         if requests.is_file():
             data[ENDPOINTS_FILE] = requests.read_text(encoding="utf-8")
@@ -265,6 +276,7 @@ class KubernetesLocustRunner:
         text = await self._log(_name(pod))
         return parse_stats(
             stats_from_output(text),
+            errors=failures_from_output(text),
             target=plan.target,
             users=plan.users,
             ramp=plan.users / plan.spawn_rate,

@@ -61,14 +61,15 @@ class Target:
 
 
 @contextlib.asynccontextmanager
-async def counting_target() -> AsyncIterator[Target]:
-    """An HTTP server on 127.0.0.1 that answers everything and counts each ``METHOD path`` it answered."""
+async def counting_target(*, failing: str | None = None) -> AsyncIterator[Target]:
+    """An HTTP server on 127.0.0.1 that counts each ``METHOD path`` it answered: 503 for ``failing``, else 200."""
     port = free_port()
     target = Target(f"http://127.0.0.1:{port}")
 
     async def answer(request: aiohttp.web.Request) -> aiohttp.web.Response:
-        target.seen[f"{request.method} {request.path_qs}"] += 1
-        return aiohttp.web.Response(text="ok")
+        name = f"{request.method} {request.path_qs}"
+        target.seen[name] += 1
+        return aiohttp.web.Response(status=503 if name == failing else 200, text="ok")
 
     app = aiohttp.web.Application()
     app.router.add_route("*", "/{tail:.*}", answer)
@@ -131,7 +132,7 @@ async def test_a_distributed_run_measures_what_the_target_saw(tmp_path: Path) ->
         assert 0 <= target.seen[endpoint.name] - endpoint.requests <= 4, endpoint
     assert 0 <= sum(target.seen.values()) - result.requests <= 4
     assert result.requests > 20
-    assert result.failures == 0
+    assert (result.failures, result.errors) == (0, ())
     assert result.requests <= 200, "paced at 40 rps for 2 s: VOUCH_RATE_PER_USER reached the workers"
     assert result.latency.p50 is not None
     assert progress
@@ -152,6 +153,25 @@ async def test_a_distributed_run_measures_what_the_target_saw(tmp_path: Path) ->
         (owner,) = owned["metadata"]["ownerReferences"]
         assert owner == {"apiVersion": "batch/v1", "kind": "Job", "name": master["metadata"]["name"],
                          "uid": master["metadata"]["uid"]}  # fmt: skip
+
+
+async def test_failed_requests_come_back_with_the_messages_the_workers_saw(tmp_path: Path) -> None:
+    requests = [parse_request("/cart"), parse_request("POST /orders")]
+    with generated_locustfile(requests) as locustfile:
+        async with (
+            counting_target(failing="POST /orders") as target,
+            jobs_server() as server,
+            run_kubelet(server, tmp_path),
+            runner_for(server) as runner,
+        ):
+            result = await runner.run(plan(target.url, locustfile, rate=40.0))
+    failed = {e.name: e.failures for e in result.endpoints}
+    assert failed["GET /cart"] == 0
+    assert 0 < failed["POST /orders"] <= target.seen["POST /orders"]
+    # what the subprocess runner reads from its failures CSV, gathered here by the master from both workers
+    assert len(result.errors) == 1
+    assert result.errors[0].startswith("POST /orders: ")
+    assert "503" in result.errors[0]
 
 
 async def test_a_failing_job_is_a_load_test_error_with_its_reason_and_an_event(tmp_path: Path) -> None:
@@ -241,7 +261,7 @@ def test_every_placeholder_of_the_shipped_templates_is_filled(tmp_path: Path) ->
     env = {e["name"]: e["value"] for e in workers["env"]}
     assert (env["VOUCH_HOSTS"], env["VOUCH_RATE_PER_USER"], env["PYTHONUNBUFFERED"]) == ("a b", "12.5", "1")
     assert f"--master-host={made.service['metadata']['name']}" in workers["args"]
-    assert set(made.locustfile["data"]) == {"locustfile.py", "endpoints.json"}
+    assert set(made.locustfile["data"]) == {"locustfile.py", "endpoints.json", "vouch_failure_report.py"}
     for obj in (made.master, made.workers, made.service, made.locustfile):
         assert obj["metadata"]["labels"]["vouch.dev/loadtest-run"] == "0a1b2c3d"
         assert obj["metadata"]["namespace"] == NAMESPACE

@@ -335,12 +335,17 @@ def _replace(args: list[str], option: str, value: str) -> list[str]:
 
 
 def _remount(arg: str, mounts: dict[str, Path]) -> str:
-    """``--locustfile=/etc/locust/x.py`` -> the same file in the local folder of the volume mounted there."""
+    """``--locustfile=/etc/locust/x.py,/etc/locust/y.py`` -> the same files in the local folders of the volumes
+    mounted there (each of a comma-separated list)."""
     option, equals, value = arg.rpartition("=") if arg.startswith("--") else ("", "", arg)
+    return f"{option}{equals}" + ",".join(_local(path, mounts) for path in value.split(","))
+
+
+def _local(path: str, mounts: dict[str, Path]) -> str:
     for mount_path in sorted(mounts, key=len, reverse=True):
-        if value.startswith(f"{mount_path}/"):
-            return f"{option}{equals}{mounts[mount_path]}{value[len(mount_path) :]}"
-    return arg
+        if path.startswith(f"{mount_path}/"):
+            return f"{mounts[mount_path]}{path[len(mount_path) :]}"
+    return path
 
 
 def _signal(pid: int, sig: signal.Signals) -> None:
