@@ -59,22 +59,25 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     rich_markup_mode="markdown",
 )
-app.add_typer(config_app, name="config")
-app.add_typer(probe_app, name="probe")
-app.add_typer(check_app, name="check")
-app.add_typer(attest_app, name="attest")
-app.add_typer(policy_app, name="policy")
-app.add_typer(break_glass_app, name="break-glass")
-app.add_typer(audit_app, name="audit")
-app.add_typer(notify_app, name="notify")
-app.add_typer(loadtest_app, name="loadtest")
-app.add_typer(preview_app, name="preview")
-app.command("verify-env")(verify_env)
+ROLLOUTS = "Rollouts"
+EVIDENCE = "Evidence: what CI proves before a release may go"
+OPERATIONS = "Operations"
+
+app.add_typer(check_app, name="check", rich_help_panel=EVIDENCE)
+app.add_typer(attest_app, name="attest", rich_help_panel=EVIDENCE)
+app.add_typer(policy_app, name="policy", rich_help_panel=EVIDENCE)
+app.add_typer(preview_app, name="preview", rich_help_panel=EVIDENCE)
+app.add_typer(loadtest_app, name="loadtest", rich_help_panel=EVIDENCE)
+app.add_typer(break_glass_app, name="break-glass", rich_help_panel=OPERATIONS)
+app.add_typer(audit_app, name="audit", rich_help_panel=OPERATIONS)
+app.add_typer(notify_app, name="notify", rich_help_panel=OPERATIONS)
+app.add_typer(probe_app, name="probe", rich_help_panel=OPERATIONS)
+app.add_typer(config_app, name="config", rich_help_panel=OPERATIONS)
 
 # --------------------------------------------------------------------------- daemon
 
 
-@app.command()
+@app.command(rich_help_panel=ROLLOUTS)
 def daemon(
     config: Annotated[
         Path, typer.Option("--config", "-c", envvar="VOUCH_CONFIG", help="The configuration file.")
@@ -116,7 +119,7 @@ def daemon(
 # --------------------------------------------------------------------------- promote
 
 
-@app.command()
+@app.command(rich_help_panel=ROLLOUTS)
 def promote(
     service: Annotated[str, typer.Argument(metavar="SERVICE", help="The service, as named in the configuration.")],
     version: Annotated[str, typer.Argument(metavar="VERSION", help="The version to roll out.")],
@@ -195,7 +198,7 @@ def _print_result(result: dict[str, Any], *, as_json: bool) -> None:
 # --------------------------------------------------------------------------- status and abort
 
 
-@app.command()
+@app.command(rich_help_panel=ROLLOUTS)
 def status(
     service: Annotated[str | None, typer.Argument(metavar="SERVICE", help="Only this service.")] = None,
     env: EnvOpt = None,
@@ -241,7 +244,7 @@ def _watch(fetch: Callable[[], list[dict[str, Any]]]) -> None:
             pass
 
 
-@app.command()
+@app.command(rich_help_panel=ROLLOUTS)
 def abort(
     service: Annotated[str, typer.Argument(metavar="SERVICE", help="The service whose promotion to roll back.")],
     env: Annotated[str, typer.Option("--env", "-e", help="The environment of the promotion.")],
@@ -271,7 +274,7 @@ def abort(
 # --------------------------------------------------------------------------- demo
 
 
-@app.command()
+@app.command(rich_help_panel=ROLLOUTS)
 def demo(
     as_json: JsonOpt = False,
     state_dir: Annotated[
@@ -299,6 +302,9 @@ def demo(
     if not result.ok:
         err.print("the demo did not go as told: " + "; ".join(result.surprises), markup=False)
         raise typer.Exit(1)
+
+
+app.command("verify-env", rich_help_panel=EVIDENCE)(verify_env)  # after the rollout commands in --help
 
 
 def main() -> None:
