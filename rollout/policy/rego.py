@@ -10,7 +10,11 @@ regopy is easy to misread, so every answer is checked for what it actually is:
   the JSON should be: a deny quoting the error;
 - Rego v0 syntax is partly accepted with another meaning (``deny[msg] { ... }``
   defines an object): the decision's shape is checked, and a wrong one is a deny
-  naming what came back.
+  naming what came back;
+- ``object.subset`` kills the whole process (a segmentation fault, not an error)
+  when the value looked for is or holds an empty array: a policy that calls it is
+  refused when it is loaded (:data:`CRASHING_BUILTINS`), since no deny could be
+  returned from a process that is gone.
 
 The policy is compiled once into a bundle; each decision hands over the input
 (the document whose canonical JSON the decision's digest names: see
@@ -46,6 +50,17 @@ from vouch.rollout.policy.input import UNDEFINED, canonical_json, read_decision
 DEFAULT_QUERY = "data.vouch.decision"
 """The rule whose value is the decision document ``{"allow": bool, "denials": [str, ...]}``."""
 
+CRASHING_BUILTINS = {
+    "object.subset": (
+        "regopy crashes the whole process (segmentation fault) when the value looked for is or holds an "
+        "empty array, so a policy may not call it; compare field by field instead, e.g. "
+        "`every k, v in wanted { object.get(have, k, null) == v }`"
+    ),
+}
+"""Builtins that crash regopy rather than fail, with why and what to write instead; a policy calling one is a
+:class:`ConfigError` at its line. Checked against regopy 1.5.2 (tests/rollout/test_policy_rego.py keeps it true)."""
+
+_CALL = re.compile(r"(?<![\w.])(" + "|".join(re.escape(name) for name in CRASHING_BUILTINS) + r")\s*\(")
 _ERROR_TOKEN = re.compile(rb"\((errormsg|error) (\d+):")
 _LOCATION = re.compile(rb"\|(\d+)\|(\d+)")
 
@@ -68,6 +83,7 @@ class RegoPolicy:
         if not sources:
             raise ConfigError([Problem("policy", None, "", "no Rego sources to evaluate")])
         self._sources = dict(sorted(sources.items()))
+        _refuse_crashing_builtins(self._sources)
         self.query = query
         self._full_statements = full_statements
         self.policy_digest = policy_digest(self._sources)
@@ -218,6 +234,44 @@ def parse_errors(text: str) -> list[tuple[str | None, int | None, str]]:
             offset = int(location.group(1))
             position = location.end()
     return found
+
+
+def _refuse_crashing_builtins(sources: Mapping[str, str]) -> None:
+    """A :class:`ConfigError` naming each call of a builtin in :data:`CRASHING_BUILTINS`, by file and line.
+
+    Read in the text outside comments and strings, so a mention of one in either is not a call.
+    """
+    problems = []
+    for name, text in sources.items():
+        for number, line in enumerate(text.splitlines(), start=1):
+            for match in _CALL.finditer(_code_of(line)):
+                builtin = match.group(1)
+                problems.append(Problem(name, number, "", f"{builtin}: {CRASHING_BUILTINS[builtin]}"))
+    if problems:
+        raise ConfigError(problems)
+
+
+def _code_of(line: str) -> str:
+    """``line`` with its comment cut off and the contents of its strings blanked (Rego's "..." and `...`)."""
+    kept: list[str] = []
+    quote: str | None = None
+    escaped = False
+    for char in line:
+        if quote is not None:
+            if escaped:
+                escaped = False
+            elif char == "\\" and quote == '"':
+                escaped = True
+            elif char == quote:
+                quote = None
+                kept.append(char)
+            continue
+        if char == "#":
+            break
+        if char in '"`':
+            quote = char
+        kept.append(char)
+    return "".join(kept)
 
 
 def _interpreter() -> Any:

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import hashlib
+import importlib.metadata
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -11,7 +15,7 @@ import regopy
 from vouch.core.errors import ConfigError
 from vouch.rollout.policy.base import PolicyEngine
 from vouch.rollout.policy.input import canonical_digest
-from vouch.rollout.policy.rego import RegoPolicy, parse_errors, policy_digest
+from vouch.rollout.policy.rego import CRASHING_BUILTINS, RegoPolicy, parse_errors, policy_digest
 
 ALLOW = 'package vouch\n\ndecision := {"allow": true, "denials": set()}\n'
 
@@ -248,3 +252,43 @@ def test_an_empty_or_missing_policy_directory_is_a_config_error(tmp_path: Path) 
 def test_error_text_is_read_by_length_not_by_parenthesis() -> None:
     text = "(rego-errorseq (error 3:a.b|5|1 (errormsg 9:x (y) ) z) (errorast |5|1)) (error (errormsg 2:ok)))"
     assert parse_errors(text) == [("a.b", 5, "x (y) ) z"), (None, None, "ok")]
+
+
+def test_a_policy_calling_a_builtin_that_crashes_regopy_is_refused_at_its_line() -> None:
+    source = (
+        "package vouch\n\n"
+        "# object.subset(a, b) would crash; a mention in a comment is no call\n"
+        'note := "object.subset(x) in a string is no call either"\n'
+        'ok if object.subset(input.wanted, {"steps": []})\n'
+        'decision := {"allow": ok, "denials": set()}\n'
+    )
+    with pytest.raises(ConfigError) as raised:
+        RegoPolicy({"ok.rego": ALLOW, "subset.rego": source})
+    [problem] = raised.value.problems
+    assert (problem.file, problem.line) == ("subset.rego", 5)
+    assert "object.subset" in problem.message
+    assert "segmentation fault" in problem.message
+    assert "every k, v in wanted" in problem.message
+    mentions = source.replace('ok if object.subset(input.wanted, {"steps": []})', "ok := true")
+    assert RegoPolicy({"mentions.rego": mentions}).evaluate({}).allow
+
+
+@pytest.mark.parametrize("builtin", sorted(CRASHING_BUILTINS))
+def test_the_refused_builtins_still_crash_regopy(builtin: str) -> None:
+    """Why the refusal exists; should a regopy release fix it, this fails and the refusal can go."""
+    calls = {"object.subset": "object.subset([1], [])"}
+    code = (
+        "import regopy\n"
+        "interpreter = regopy.Interpreter()\n"
+        f"interpreter.add_module('p.rego', 'package p\\nr := {calls[builtin]}\\n')\n"
+        "print(interpreter.query('data.p.r'))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == -signal.SIGSEGV, (
+        f"{builtin} no longer crashes regopy {regopy_version()} (exit {done.returncode}, {done.stdout!r}): "
+        "drop it from CRASHING_BUILTINS"
+    )
+
+
+def regopy_version() -> str:
+    return importlib.metadata.version("regopy")
