@@ -18,7 +18,9 @@ the same evaluation with a policy that reads nothing of its input: what
 handing the input to regopy costs before any rule runs. ``policy_loop_floor_ms``
 adds the least any policy that reads every attestation does: one pass over
 them checking only the subject and the commit; no policy that judges 20
-attestations with this engine can take less. ``handover`` says how
+attestations with this engine can take less. ``policy_isolated_ms`` is the
+same decision in a worker process (``IsolatedRegoPolicy``, how a policy of your
+own runs), for what the isolation costs. ``handover`` says how
 the input went to regopy (``built`` value by value, or ``text``: see
 ``vouch.rollout.policy.handover``) and ``input_bytes`` the size of its
 canonical JSON. Targets: total under 100 ms, policy evaluation under 1 ms.
@@ -29,6 +31,7 @@ canonical JSON. Targets: total under 100 ms, policy evaluation under 1 ms.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import statistics
 import tempfile
@@ -47,6 +50,7 @@ from vouch.rollout.attestations.verify import AttestationVerifier, KeySpec, Trus
 from vouch.rollout.policy.base import Decision
 from vouch.rollout.policy.handover import set_input
 from vouch.rollout.policy.input import canonical_json, policy_input
+from vouch.rollout.policy.isolated import IsolatedRegoPolicy
 from vouch.rollout.policy.rego import RegoPolicy
 
 ARTIFACT = "sha256:" + "ab" * 32
@@ -170,6 +174,25 @@ def floor(documents: list[RawAttestation], verifier: AttestationVerifier, source
     return statistics.median(times)
 
 
+async def isolated_ms(documents: list[RawAttestation], verifier: AttestationVerifier, repeats: int = 100) -> float:
+    """Median ms of the default policy's decision in a worker process, on the same input."""
+    document = build_input([verifier.verify(raw, subject_digest=ARTIFACT) for raw in documents])
+    policy = IsolatedRegoPolicy(RegoPolicy.default(), timeout=10.0)
+    try:
+        if not (await policy.decide(document)).allow:
+            raise SystemExit("the isolated policy denied the benchmark's input")
+        for _ in range(WARMUP):
+            await policy.decide(document)
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            await policy.decide(document)
+            times.append((time.perf_counter() - start) * 1000)
+    finally:
+        await policy.close()
+    return statistics.median(times)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=200)
@@ -192,6 +215,7 @@ def main() -> None:
     verify_ms, input_ms, eval_ms = (statistics.median(column) for column in list(zip(*runs, strict=True))[:3])
     floor_ms = floor(documents, verifier, FLOOR_POLICY)
     loop_floor_ms = floor(documents, verifier, LOOP_POLICY)
+    isolated = asyncio.run(isolated_ms(documents, verifier))
     total = [v + i + e for v, i, e, _ in runs]
     total_ms = statistics.median(total)
     document = build_input(first)
@@ -201,6 +225,7 @@ def main() -> None:
     print(f"verify {verify_ms:.2f} ms | input {input_ms:.2f} ms | policy {eval_ms:.2f} ms | total {total_ms:.2f} ms")
     print(f"policy floor (same input, a policy that reads none of it) {floor_ms:.2f} ms")
     print(f"policy loop floor (one pass checking each attestation's subject and commit) {loop_floor_ms:.2f} ms")
+    print(f"the same decision in a worker process (a policy of your own) {isolated:.2f} ms")
     print(f"input: {len(text)} bytes of canonical JSON, handed to regopy as {handover}")
     result = {
         "benchmark": "policy_decision",
@@ -212,6 +237,7 @@ def main() -> None:
         "input_ms": round(input_ms, 3),
         "policy_floor_ms": round(floor_ms, 3),
         "policy_loop_floor_ms": round(loop_floor_ms, 3),
+        "policy_isolated_ms": round(isolated, 3),
         "input_bytes": len(text),
         "handover": handover,
         "total_p95_ms": round(statistics.quantiles(total, n=20)[18], 3),

@@ -1,13 +1,15 @@
 """``vouch policy eval|schema``: run a policy on an input document, for CI and for debugging a denial.
 
 ``eval`` evaluates the embedded Rego engine exactly as the attestations gate
-does (strict builtins; undefined, errors and malformed answers deny) and prints
-the decision with every reason. Exit codes follow vouch's: 0 allowed, 1 denied,
+does (strict builtins; undefined, errors and malformed answers deny; a policy of
+your own in a worker process with a deadline) and prints the decision with every
+reason. Exit codes follow vouch's: 0 allowed, 1 denied,
 2 for a usage error, an unreadable input or an invalid policy.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 from typing import Annotated, Any
@@ -18,6 +20,7 @@ from vouch.core.errors import InputError
 from vouch.daemon.cliout import reported
 from vouch.rollout.policy.base import Decision
 from vouch.rollout.policy.input import input_schema
+from vouch.rollout.policy.isolated import IsolatedRegoPolicy
 from vouch.rollout.policy.rego import DEFAULT_QUERY, RegoPolicy
 
 EXIT_DENIED = 1
@@ -44,6 +47,15 @@ def evaluate(
         typer.Option("--policy", "-p", help="A directory of .rego files, or one file. Default: vouch's own policy."),
     ] = None,
     query: Annotated[str, typer.Option("--query", help="The rule whose value is the decision.")] = DEFAULT_QUERY,
+    timeout: Annotated[
+        float,
+        typer.Option(
+            "--timeout",
+            min=0.1,
+            help="Longest a decision of your own policy (--policy) may take; it runs in a worker process and "
+            "denies when stopped.",
+        ),
+    ] = 5.0,
     as_json: Annotated[
         bool,
         typer.Option(
@@ -60,7 +72,10 @@ def evaluate(
     with reported(as_json=as_json, invalid="invalid policy"):
         document = _read_input(input_file)
         engine = RegoPolicy.default(query=query) if policy is None else RegoPolicy.from_path(policy, query=query)
-    decision = engine.evaluate(document)
+    if policy is None:
+        decision = engine.evaluate(document)
+    else:
+        decision = asyncio.run(_isolated(IsolatedRegoPolicy(engine, timeout=timeout), document))
     if as_json:
         typer.echo(json.dumps(decision.to_dict(), indent=2))
     else:
@@ -91,6 +106,13 @@ def render(decision: Decision) -> str:
     lines += [f"  - {reason}" for reason in decision.denials]
     lines += [f"input  {decision.input_digest}", f"policy {decision.policy_digest}"]
     return "\n".join(lines)
+
+
+async def _isolated(engine: IsolatedRegoPolicy, document: dict[str, Any]) -> Decision:
+    try:
+        return await engine.decide(document)
+    finally:
+        await engine.close()
 
 
 def _read_input(path: Path) -> dict[str, Any]:

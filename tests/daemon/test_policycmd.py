@@ -145,3 +145,21 @@ def test_stdout_of_a_real_process_is_only_the_json_decision(tmp_path: Path) -> N
     assert done.returncode == 1, done.stderr
     decision = json.loads(done.stdout)
     assert decision["denials"] == ["policy evaluation failed: object keys must be unique (eval_conflict_error)"]
+
+
+def test_a_policy_of_your_own_that_never_returns_is_stopped_at_the_timeout_and_denies(
+    runner: CliRunner, tmp_path: Path
+) -> None:
+    policy = tmp_path / "split.rego"
+    policy.write_text(
+        'package vouch\n\nparts := regex.split(input.separator, "a,b")\n\n'
+        'decision := {"allow": count(parts) == 2, "denials": set()}\n'
+    )
+    allowed = write(tmp_path, {"separator": ","})
+    result = runner.invoke(policy_app, ["eval", "-i", str(allowed), "-p", str(policy), "--timeout", "1"])
+    assert result.exit_code == 0, result.output
+    hangs = write(tmp_path, {"separator": ""}, "hangs.json")
+    result = runner.invoke(policy_app, ["eval", "-i", str(hangs), "-p", str(policy), "--timeout", "1", "--json"])
+    assert result.exit_code == 1, result.output
+    [denial] = json.loads(result.stdout)["denials"]
+    assert denial.startswith("policy evaluation took longer than 1s and was stopped")

@@ -10,6 +10,7 @@ from pydantic import TypeAdapter, ValidationError
 
 from vouch.core.errors import ConfigError
 from vouch.rollout.policy import POLICY_KINDS, OpaPolicySpec, PolicySpec, RegoPolicySpec, build_policy
+from vouch.rollout.policy.isolated import IsolatedRegoPolicy
 from vouch.rollout.policy.opa import OpaPolicy
 from vouch.rollout.policy.rego import DEFAULT_QUERY, RegoPolicy
 
@@ -28,11 +29,15 @@ async def test_the_default_is_the_shipped_rego_policy() -> None:
     await engine.close()
 
 
-def test_a_rego_path_and_query_are_used(tmp_path: Path) -> None:
+async def test_a_rego_path_and_query_are_used(tmp_path: Path) -> None:
     (tmp_path / "mine.rego").write_text('package corp\n\nverdict := {"allow": true, "denials": []}\n')
     engine = build_policy(RegoPolicySpec(path=str(tmp_path), query="data.corp.verdict"))
-    assert isinstance(engine, RegoPolicy)
-    assert engine.evaluate({}).allow
+    try:
+        assert isinstance(engine, IsolatedRegoPolicy)
+        assert engine.query == "data.corp.verdict"
+        assert (await engine.decide({})).allow
+    finally:
+        await engine.close()
 
 
 @pytest.mark.parametrize(
