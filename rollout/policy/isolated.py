@@ -100,30 +100,36 @@ class IsolatedRegoPolicy:
     async def _decide(self, text: str) -> tuple[bool, tuple[str, ...]]:
         async with self._lock:
             try:
-                process = await asyncio.wait_for(self._started(), START_TIMEOUT)
-            except (TimeoutError, _WorkerGone, OSError, ConfigError) as exc:
-                await self._stop()
-                return False, (f"policy evaluation failed: the policy worker could not start: {_why(exc)}",)
-            try:
-                async with asyncio.timeout(self._timeout):
-                    answer = await _ask(process, text.encode() + b"\n")
-            except TimeoutError:
-                await self._stop()
-                return False, (
-                    f"policy evaluation took longer than {self._timeout:g}s and was stopped: a slow policy, or a "
-                    f"builtin that never returns on this input (with regopy 1.5.2: {NEVER_RETURNS})",
-                )
-            except _WorkerGone:
-                code = await self._reap()
-                return False, (f"policy evaluation failed: the policy engine {_death(code)} while deciding",)
+                return await self._exchange(text)
             except asyncio.CancelledError:
-                await asyncio.shield(self._stop())  # its answer would be read as the next decision's
+                # A worker cancelled mid-exchange still owes an answer, which the next decision would read
+                # as its own: it goes, and the next decision starts another.
+                await asyncio.shield(self._stop())
                 raise
+
+    async def _exchange(self, text: str) -> tuple[bool, tuple[str, ...]]:
+        try:
+            process = await asyncio.wait_for(self._started(), START_TIMEOUT)
+        except (TimeoutError, _WorkerGone, OSError, ConfigError) as exc:
+            await self._stop()
+            return False, (f"policy evaluation failed: the policy worker could not start: {_why(exc)}",)
+        try:
+            async with asyncio.timeout(self._timeout):
+                answer = await _ask(process, text.encode() + b"\n")
+        except TimeoutError:
+            await self._stop()
+            return False, (
+                f"policy evaluation took longer than {self._timeout:g}s and was stopped: a slow policy, or a "
+                f"builtin that never returns on this input (with regopy 1.5.2: {NEVER_RETURNS})",
+            )
+        except _WorkerGone:
+            code = await self._reap()
+            return False, (f"policy evaluation failed: the policy engine {_death(code)} while deciding",)
         return read_decision(answer)
 
     async def _started(self) -> asyncio.subprocess.Process:
         if self._process is not None and self._process.returncode is None:
-            return self._process
+            return self._process  # only ever kept once it said it is ready: _stop() drops it otherwise
         self._process = process = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",

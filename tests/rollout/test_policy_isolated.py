@@ -114,6 +114,17 @@ async def test_a_cancelled_decision_leaves_no_answer_behind_for_the_next(isolate
     assert answer.denials == ("said true",), "the answer to the cancelled decision was not read as this one's"
 
 
+async def test_a_decision_cancelled_while_the_worker_starts_leaves_it_in_step(isolated: IsolatedRegoPolicy) -> None:
+    starting = asyncio.create_task(isolated.decide({"mode": "print"}))
+    await asyncio.sleep(0.01)  # the worker takes a good tenth of a second to import regopy and compile
+    starting.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await starting
+    assert worker_pid(isolated) is None
+    answer = await isolated.decide({"mode": "print"})
+    assert answer.denials == ("said true",), "the worker's ready line was not read as a decision"
+
+
 async def test_close_stops_the_worker(isolated: IsolatedRegoPolicy) -> None:
     await isolated.decide({})
     pid = worker_pid(isolated)
