@@ -153,7 +153,7 @@ async def serve(
     alerts.restore(_recorded_alerts(await store.list_alerts(limit=10_000)))
     events = EventSink(store, on_event=flow)
     probing = Probing(config, platform, registry, on_change=lambda run: _probe_changed(events, run))
-    trust = _Trust.of(config, store, on_event=flow)
+    trust = _Trust.of(config, store, on_event=flow, registry=registry)
     key = config.resolve(config.attestations.signing_key) if config.attestations.signing_key else None
     scale = ScaleTests(store=store, source=trust.source, signing_key=key, registry=registry)  # knees, signed
     cluster_load = await _cluster_load_runner(config)
@@ -334,7 +334,9 @@ class _Trust:
     policies: list[PolicyEngine]
 
     @classmethod
-    def of(cls, config: VouchConfig, store: Store, *, on_event: Callable[[Event], None]) -> _Trust:
+    def of(
+        cls, config: VouchConfig, store: Store, *, on_event: Callable[[Event], None], registry: CollectorRegistry
+    ) -> _Trust:
         spec = config.attestations
         if spec.source is None or isinstance(spec.source, DirectorySourceSpec):
             folder = config.state_path() / "attestations" if spec.source is None else config.resolve(spec.source.path)
@@ -352,6 +354,7 @@ class _Trust:
                 policies=policies,
                 settings={name: env.policy_settings for name, env in gated.items()},
                 on_event=on_event,
+                registry=registry,
             )
         attester = None
         if spec.signing_key is not None:

@@ -59,7 +59,7 @@ def evaluate(
     as_json: Annotated[
         bool,
         typer.Option(
-            "--json", help="Print the decision as JSON {allow, denials, input_digest, policy_digest, elapsed}."
+            "--json", help="Print the decision as JSON {allow, denials, failed, input_digest, policy_digest, elapsed}."
         ),
     ] = False,
 ) -> None:

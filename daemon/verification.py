@@ -21,6 +21,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from prometheus_client import CollectorRegistry, Counter, Histogram
+
 from vouch.rollout.attestations.dsse import sign_statement
 from vouch.rollout.attestations.keys import load_signer
 from vouch.rollout.attestations.model import Attestation, RawAttestation, Rejected, Statement, Subject
@@ -37,6 +39,34 @@ log = logging.getLogger(__name__)
 
 GATE = "attestations"
 
+DECISION_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0)
+"""Seconds: a decision takes milliseconds; one stopped at the policy's timeout lands in the last buckets."""
+
+
+class PolicyMetrics:
+    """How the environments' policies decide: outcomes, and how long a decision takes."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.decisions = Counter(
+            "vouch_policy_decisions",
+            "Policy decisions of the attestations gate by outcome: allowed, denied (by the policy), failed "
+            "(the policy could not decide: an error, no or a malformed answer, a timeout, a crash; a deny too).",
+            ["environment", "outcome"],
+            registry=registry,
+        )
+        self.seconds = Histogram(
+            "vouch_policy_decision_seconds",
+            "Time one policy decision took, input handed over and answer read.",
+            ["environment"],
+            buckets=DECISION_BUCKETS,
+            registry=registry,
+        )
+
+    def observe(self, environment: str, decision: Decision) -> None:
+        outcome = "allowed" if decision.allow else "failed" if decision.failed else "denied"
+        self.decisions.labels(environment, outcome).inc()
+        self.seconds.labels(environment).observe(decision.elapsed)
+
 
 class ReleaseVerification:
     """Verifies a release's attestations and asks the environment's policy; stores what it decided on."""
@@ -51,9 +81,11 @@ class ReleaseVerification:
         settings: Mapping[str, Mapping[str, Any]],
         clock: Callable[[], float] = time.time,
         on_event: Callable[[Event], None] = lambda event: None,
+        registry: CollectorRegistry | None = None,
     ) -> None:
         """``on_event`` hears of each decision once it is stored (the audit log and the notifiers)."""
         self._on_event = on_event
+        self._metrics = PolicyMetrics(registry) if registry is not None else None
         self._store = store
         self._source = source
         self._verifier = verifier
@@ -94,6 +126,8 @@ class ReleaseVerification:
             full_statements=policy.full_statements,
         )
         decision = await policy.decide(document)
+        if self._metrics is not None:
+            self._metrics.observe(promotion.environment, decision)
         outcome: Verified | Denied
         if decision.allow:
             outcome = Verified(f"policy allowed {len(verified)} verified attestations")

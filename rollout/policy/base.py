@@ -5,8 +5,9 @@ Contract
 ``decide(input)`` evaluates the environment's policy on ``input`` and returns
 a :class:`Decision`. It fails closed: an undefined result, an evaluation
 error, an unsupported builtin, an unreachable server or a malformed answer is
-``allow=False`` with a reason saying which. A denial lists every reason the
-policy gave, never just "denied".
+``allow=False`` with a reason saying which, and ``failed`` set: the policy could
+not decide, which is not the same as the policy denying. A denial lists every
+reason the policy gave, never just "denied".
 """
 
 from __future__ import annotations
@@ -27,11 +28,15 @@ class Decision:
     policy_digest: str = ""
     """``sha256:HEX`` of the policy evaluated (its sources, sorted by name)."""
     elapsed: float = 0.0
+    failed: bool = False
+    """The policy could not decide (an evaluation error, no or a malformed answer, a timeout, a crash, an
+    unreachable server): a deny all the same, whose denials say what went wrong rather than what is missing."""
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "allow": self.allow,
             "denials": list(self.denials),
+            "failed": self.failed,
             "input_digest": self.input_digest,
             "policy_digest": self.policy_digest,
             "elapsed": self.elapsed,

@@ -32,7 +32,7 @@ import re
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from importlib import resources
-from typing import Any
+from typing import Any, NamedTuple
 
 from vouch.core.errors import InputError
 from vouch.rollout.attestations.model import Attestation, Rejected
@@ -121,8 +121,22 @@ def input_schema() -> dict[str, Any]:
     return schema
 
 
-def read_decision(value: Any) -> tuple[bool, tuple[str, ...]]:
-    """Judge what a policy answered: ``(allow, denials)``, failing closed on anything but a clean answer.
+class Answer(NamedTuple):
+    """What a policy engine makes of one evaluation, before it becomes a :class:`~.base.Decision`."""
+
+    allow: bool
+    denials: tuple[str, ...]
+    failed: bool = False
+    """No decision came back (see ``Decision.failed``)."""
+
+
+def failure(*reasons: str) -> Answer:
+    """The answer when the policy could not decide: a deny, with ``reasons`` saying why."""
+    return Answer(False, reasons, True)
+
+
+def read_decision(value: Any) -> Answer:
+    """Judge what a policy answered: ``(allow, denials, failed)``, failing closed on anything but a clean answer.
 
     The answer must be ``{"allow": bool, "denials": [str, ...]}`` (a Rego set
     arrives as an array). An allow that comes with denials is a deny: the
@@ -132,16 +146,16 @@ def read_decision(value: Any) -> tuple[bool, tuple[str, ...]]:
     quotes what came back.
 
     >>> read_decision({"allow": True, "denials": []})
-    (True, ())
+    Answer(allow=True, denials=(), failed=False)
     >>> read_decision({"allow": True, "denials": ["coverage 71% < 80%"]})
-    (False, ('coverage 71% < 80%',))
+    Answer(allow=False, denials=('coverage 71% < 80%',), failed=False)
     >>> v0 = {"allow": False, "denials": {"missing build": True}}
     >>> print(read_decision(v0)[1][0])  # doctest: +NORMALIZE_WHITESPACE
     policy decision malformed: 'denials' must be a set or array of strings, got an object {"missing build":true}
     (a Rego v0-style `deny[msg] { ... }` rule defines an object)
     """
     if not isinstance(value, Mapping):
-        return False, (f"policy decision malformed: expected an object {{allow, denials}}, got {_show(value)}",)
+        return failure(f"policy decision malformed: expected an object {{allow, denials}}, got {_show(value)}")
     problems: list[str] = []
     allow = value.get("allow")
     if "allow" not in value:
@@ -159,11 +173,11 @@ def read_decision(value: Any) -> tuple[bool, tuple[str, ...]]:
     elif not isinstance(denials, list) or not all(isinstance(d, str) for d in denials):
         problems.append(f"policy decision malformed: 'denials' must be a set or array of strings, got {_show(denials)}")
     if problems or not isinstance(denials, list):
-        return False, tuple(problems)
+        return failure(*problems)
     reasons = tuple(dict.fromkeys(denials))
     if allow is True and not reasons:
-        return True, ()
-    return False, reasons or ("policy denied without giving a reason",)
+        return Answer(True, ())
+    return Answer(False, reasons or ("policy denied without giving a reason",))
 
 
 def _show(value: Any) -> str:

@@ -37,7 +37,7 @@ from typing import Any
 
 from vouch.core.errors import ConfigError, Problem
 from vouch.rollout.policy.base import Decision
-from vouch.rollout.policy.input import canonical_json, read_decision
+from vouch.rollout.policy.input import Answer, canonical_json, failure, read_decision
 from vouch.rollout.policy.rego import RegoPolicy
 
 NEVER_RETURNS = (
@@ -82,11 +82,12 @@ class IsolatedRegoPolicy:
             text = canonical_json(input)
         except (TypeError, ValueError) as exc:
             denial = f"policy input is not a JSON document: {exc}"
-            return Decision(False, (denial,), "", self.policy_digest, time.perf_counter() - start)
-        allow, denials = await self._decide(text)
+            return Decision(False, (denial,), "", self.policy_digest, time.perf_counter() - start, failed=True)
+        answer = await self._decide(text)
         return Decision(
-            allow=allow,
-            denials=denials,
+            allow=answer.allow,
+            denials=answer.denials,
+            failed=answer.failed,
             input_digest="sha256:" + hashlib.sha256(text.encode()).hexdigest(),
             policy_digest=self.policy_digest,
             elapsed=time.perf_counter() - start,
@@ -97,7 +98,7 @@ class IsolatedRegoPolicy:
         async with self._lock:
             await self._stop()
 
-    async def _decide(self, text: str) -> tuple[bool, tuple[str, ...]]:
+    async def _decide(self, text: str) -> Answer:
         async with self._lock:
             try:
                 return await self._exchange(text)
@@ -107,25 +108,26 @@ class IsolatedRegoPolicy:
                 await asyncio.shield(self._stop())
                 raise
 
-    async def _exchange(self, text: str) -> tuple[bool, tuple[str, ...]]:
+    async def _exchange(self, text: str) -> Answer:
         try:
             process = await asyncio.wait_for(self._started(), START_TIMEOUT)
         except (TimeoutError, _WorkerGone, OSError, ConfigError) as exc:
             await self._stop()
-            return False, (f"policy evaluation failed: the policy worker could not start: {_why(exc)}",)
+            return failure(f"policy evaluation failed: the policy worker could not start: {_why(exc)}")
         try:
             async with asyncio.timeout(self._timeout):
                 answer = await _ask(process, text.encode() + b"\n")
         except TimeoutError:
             await self._stop()
-            return False, (
+            return failure(
                 f"policy evaluation took longer than {self._timeout:g}s and was stopped: a slow policy, or a "
-                f"builtin that never returns on this input (with regopy 1.5.2: {NEVER_RETURNS})",
+                f"builtin that never returns on this input (with regopy 1.5.2: {NEVER_RETURNS})"
             )
         except _WorkerGone:
             code = await self._reap()
-            return False, (f"policy evaluation failed: the policy engine {_death(code)} while deciding",)
-        return read_decision(answer)
+            return failure(f"policy evaluation failed: the policy engine {_death(code)} while deciding")
+        decided = read_decision(answer)
+        return decided._replace(failed=True) if answer.get("failed") is True else decided
 
     async def _started(self) -> asyncio.subprocess.Process:
         if self._process is not None and self._process.returncode is None:
@@ -182,7 +184,7 @@ async def _ask(process: asyncio.subprocess.Process, line: bytes) -> dict[str, An
     except ValueError:
         answer = None
     if not isinstance(answer, dict):
-        return {"allow": False, "denials": [f"the policy worker answered {reply[:200]!r}"]}
+        return {"allow": False, "denials": [f"the policy worker answered {reply[:200]!r}"], "failed": True}
     return answer
 
 

@@ -28,7 +28,7 @@ from typing import Any
 import httpx
 
 from vouch.rollout.policy.base import Decision
-from vouch.rollout.policy.input import UNDEFINED, canonical_digest, canonical_json, read_decision
+from vouch.rollout.policy.input import UNDEFINED, Answer, canonical_digest, canonical_json, failure, read_decision
 
 _SHOWN = 200
 """Longest excerpt of an error body quoted in a denial."""
@@ -72,12 +72,13 @@ class OpaPolicy:
             text = canonical_json({"input": input})
         except (TypeError, ValueError) as exc:
             denial = f"policy input is not a JSON document: {exc}"
-            return Decision(False, (denial,), "", "", time.perf_counter() - start)
+            return Decision(False, (denial,), "", "", time.perf_counter() - start, failed=True)
         input_digest = canonical_digest(input)
-        allow, denials, provenance = await self._ask(text)
+        answer, provenance = await self._ask(text)
         return Decision(
-            allow=allow,
-            denials=denials,
+            allow=answer.allow,
+            denials=answer.denials,
+            failed=answer.failed,
             input_digest=input_digest,
             policy_digest=canonical_digest({"endpoint": self.endpoint, "provenance": provenance}),
             elapsed=time.perf_counter() - start,
@@ -87,7 +88,7 @@ class OpaPolicy:
         if self._owns_client:
             await self._client.aclose()
 
-    async def _ask(self, text: str) -> tuple[bool, tuple[str, ...], Any]:
+    async def _ask(self, text: str) -> tuple[Answer, Any]:
         where = f"OPA at {self.endpoint}"
         try:
             response = await self._client.post(
@@ -98,22 +99,21 @@ class OpaPolicy:
                 timeout=self.timeout,
             )
         except httpx.TimeoutException:
-            return False, (f"{where} gave no answer within {self.timeout:g}s",), None
+            return failure(f"{where} gave no answer within {self.timeout:g}s"), None
         except httpx.HTTPError as exc:
-            return False, (f"{where} could not be asked: {type(exc).__name__}: {exc}",), None
+            return failure(f"{where} could not be asked: {type(exc).__name__}: {exc}"), None
         if response.status_code != 200:
-            return False, (f"{where} answered HTTP {response.status_code}: {_error_text(response)}",), None
+            return failure(f"{where} answered HTTP {response.status_code}: {_error_text(response)}"), None
         try:
             body = response.json()
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            return False, (f"{where} answered with a body that is not JSON ({exc}): {response.text[:_SHOWN]!r}",), None
+            return failure(f"{where} answered with a body that is not JSON ({exc}): {response.text[:_SHOWN]!r}"), None
         if not isinstance(body, dict):
-            return False, (f"{where} answered with JSON that is not an object: {response.text[:_SHOWN]!r}",), None
+            return failure(f"{where} answered with JSON that is not an object: {response.text[:_SHOWN]!r}"), None
         provenance = body.get("provenance")
         if "result" not in body:
-            return False, (f"{UNDEFINED}: {where} returned no result",), provenance
-        allow, denials = read_decision(body["result"])
-        return allow, denials, provenance
+            return failure(f"{UNDEFINED}: {where} returned no result"), provenance
+        return read_decision(body["result"]), provenance
 
 
 def _error_text(response: httpx.Response) -> str:

@@ -45,7 +45,7 @@ import regopy  # type: ignore[import-untyped]
 from vouch.core.errors import ConfigError, Problem
 from vouch.rollout.policy.base import Decision
 from vouch.rollout.policy.handover import set_input
-from vouch.rollout.policy.input import UNDEFINED, canonical_json, read_decision
+from vouch.rollout.policy.input import UNDEFINED, Answer, canonical_json, failure, read_decision
 
 DEFAULT_QUERY = "data.vouch.decision"
 """The rule whose value is the decision document ``{"allow": bool, "denials": [str, ...]}``."""
@@ -139,11 +139,12 @@ class RegoPolicy:
             input_digest = "sha256:" + hashlib.sha256(text.encode()).hexdigest()
         except (TypeError, ValueError) as exc:
             denial = f"policy input is not a JSON document: {exc}"
-            return Decision(False, (denial,), "", self.policy_digest, time.perf_counter() - start)
-        allow, denials = self._run(input, text)
+            return Decision(False, (denial,), "", self.policy_digest, time.perf_counter() - start, failed=True)
+        answer = self._run(input, text)
         return Decision(
-            allow=allow,
-            denials=denials,
+            allow=answer.allow,
+            denials=answer.denials,
+            failed=answer.failed,
             input_digest=input_digest,
             policy_digest=self.policy_digest,
             elapsed=time.perf_counter() - start,
@@ -152,25 +153,25 @@ class RegoPolicy:
     async def close(self) -> None:
         """Nothing to release: the interpreters go with the object."""
 
-    def _run(self, document: Mapping[str, Any], text: str) -> tuple[bool, tuple[str, ...]]:
+    def _run(self, document: Mapping[str, Any], text: str) -> Answer:
         # Any failure inside regopy is a deny with its text: this is the boundary where fail-closed is kept.
         try:
             with self._lock:
                 set_input(self._runner, document, text)
                 output = self._runner.query_bundle(self._bundle)
                 if not output.ok():
-                    return False, _failed(_output_errors(output))
+                    return _failed(_output_errors(output))
                 rendered = str(output)
                 results = [list(result.expressions) for result in output.results]
         except json.JSONDecodeError as exc:
             # ok() was true but the result is an error tree, not JSON (an unknown function, for one).
-            return False, _failed([m for _, _, m in parse_errors(exc.doc)] or [f"unreadable result {exc.doc[:200]!r}"])
+            return _failed([m for _, _, m in parse_errors(exc.doc)] or [f"unreadable result {exc.doc[:200]!r}"])
         except Exception as exc:
-            return False, _failed([m for _, _, m in parse_errors(str(exc))] or [f"{type(exc).__name__}: {exc}"])
+            return _failed([m for _, _, m in parse_errors(str(exc))] or [f"{type(exc).__name__}: {exc}"])
         if rendered == "undefined":
-            return False, (UNDEFINED,)
+            return failure(UNDEFINED)
         if len(results) != 1 or len(results[0]) != 1:
-            return False, (f"policy query {self.query!r} gave {rendered[:200]}; expected exactly one decision",)
+            return failure(f"policy query {self.query!r} gave {rendered[:200]}; expected exactly one decision")
         return read_decision(results[0][0])
 
 
@@ -333,7 +334,7 @@ def _node_text(node: Any) -> str:
         return ""
 
 
-def _failed(messages: list[str]) -> tuple[str, ...]:
+def _failed(messages: list[str]) -> Answer:
     if not messages:
-        return ("policy evaluation failed, and regopy gave no reason",)
-    return tuple(dict.fromkeys(f"policy evaluation failed: {m}" for m in messages))
+        return failure("policy evaluation failed, and regopy gave no reason")
+    return failure(*dict.fromkeys(f"policy evaluation failed: {m}" for m in messages))

@@ -3,7 +3,7 @@
 Run as ``python -m vouch.rollout.policy.worker``. It speaks JSON lines: the first line it reads is
 the policy (``{"sources": {name: text}, "query": str}``), answered with ``{"ready": true}`` or with
 ``{"problems": [[file, line, message], ...]}`` when the policy does not compile; then each line it
-reads is a policy input, answered with ``{"allow": bool, "denials": [str, ...]}``. It ends when its
+reads is a policy input, answered with ``{"allow": bool, "denials": [str, ...], "failed": bool}``. It ends when its
 input ends. Anything regopy does to this process (a crash, a loop that never returns) ends here, not
 in the daemon.
 """
@@ -38,10 +38,12 @@ def serve(requests: IO[bytes], replies: IO[bytes]) -> int:
         try:
             document = json.loads(line)
         except ValueError as exc:
-            _reply(replies, {"allow": False, "denials": [f"policy input is not a JSON document: {exc}"]})
+            _reply(
+                replies, {"allow": False, "denials": [f"policy input is not a JSON document: {exc}"], "failed": True}
+            )
             continue
         decision = policy.evaluate(document)
-        _reply(replies, {"allow": decision.allow, "denials": list(decision.denials)})
+        _reply(replies, {"allow": decision.allow, "denials": list(decision.denials), "failed": decision.failed})
     return 0
 
 

@@ -58,7 +58,8 @@ def test_json_output_is_the_decision(runner: CliRunner, tmp_path: Path) -> None:
     assert len(decision["denials"]) == 1
     assert decision["denials"][0].startswith("production: step 'deployed' is missing")
     assert decision["input_digest"] == canonical_digest(doc)
-    assert set(decision) == {"allow", "denials", "input_digest", "policy_digest", "elapsed"}
+    assert decision["failed"] is False, "the policy denied: it did not fail to decide"
+    assert set(decision) == {"allow", "denials", "failed", "input_digest", "policy_digest", "elapsed"}
 
 
 def test_a_policy_directory_and_query_can_be_given(runner: CliRunner, tmp_path: Path) -> None:

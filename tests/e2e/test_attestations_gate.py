@@ -13,7 +13,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 from support.daemon import Daemon, demo_service_pids, local_config, wait_for
 
 pytestmark = pytest.mark.e2e
@@ -121,6 +123,7 @@ def test_a_release_with_its_attestations_goes_through_and_production_requires_vo
     [event] = [e for e in detail["events"] if e["kind"] == "verification.allowed"]
     assert event["data"]["input_digest"].startswith("sha256:")
     assert {a["step"] for a in event["data"]["attestations"]} == {"vulnerability-scan", "deployed"}
+    assert event["data"]["decision"]["failed"] is False
 
 
 def test_an_attestation_by_an_untrusted_key_is_denied_before_any_pod_starts(stack):
@@ -148,3 +151,31 @@ def test_a_release_without_any_attestation_or_digest_is_denied_with_the_reason(s
     bare = client.submit("shop", "v4")["release"]
     ended = wait_for(lambda: (r := client.get_release(bare["id"]))["release"]["phase"] != "Progressing" and r)
     assert "--digest" in ended["promotions"][0]["message"]
+
+
+def decisions(daemon: Daemon) -> dict[tuple[str, str], float]:
+    """``vouch_policy_decisions_total`` by (environment, outcome), scraped from the daemon."""
+    text = httpx.get(f"{daemon.url}/metrics", timeout=10).text
+    found = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == "vouch_policy_decisions_total":
+                found[sample.labels["environment"], sample.labels["outcome"]] = sample.value
+    return found
+
+
+def test_decisions_are_counted_by_outcome(stack):
+    daemon, client, state = stack
+    sign_scan(state, "v5", "ci")
+    before = decisions(daemon)
+    # v5 is allowed into staging; it reaches production only as the service's first version (after v1 its
+    # canary has no gate to be judged by, so it does not hold)
+    reached = {p["environment"] for p in release(client, "v5")["promotions"]}
+    denied = release(client, "v6")  # no scan at all
+    assert denied["promotions"][0]["phase"] == "Denied"
+    after = decisions(daemon)
+    grew = {key: after[key] - before.get(key, 0.0) for key in after if after[key] != before.get(key, 0.0)}
+    expected = {("staging", "allowed"): 1.0, ("staging", "denied"): 1.0}
+    if "production" in reached:
+        expected["production", "allowed"] = 1.0
+    assert grew == expected

@@ -146,10 +146,12 @@ def test_canonical_json_sorts_keys_and_drops_spaces() -> None:
 
 
 def test_read_decision_fails_closed() -> None:
-    assert read_decision({"allow": True, "denials": []}) == (True, ())
-    assert read_decision({"allow": False, "denials": ["b", "a", "b"]}) == (False, ("b", "a"))
-    assert read_decision({"allow": True, "denials": ["x"]}) == (False, ("x",))
-    assert read_decision(None)[0] is False
-    allow, denials = read_decision({"allow": 1, "denials": {"x": True}})
+    assert read_decision({"allow": True, "denials": []}) == (True, (), False)
+    assert read_decision({"allow": False, "denials": ["b", "a", "b"]}) == (False, ("b", "a"), False)
+    assert read_decision({"allow": True, "denials": ["x"]}) == (False, ("x",), False)
+    assert read_decision({"allow": False, "denials": []}) == (False, ("policy denied without giving a reason",), False)
+    assert read_decision(None)[:1] + read_decision(None)[2:] == (False, True), "no decision: a failure"
+    allow, denials, failed = read_decision({"allow": 1, "denials": {"x": True}})
     assert not allow
+    assert failed
     assert len(denials) == 2

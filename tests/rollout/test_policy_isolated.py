@@ -73,6 +73,7 @@ async def test_a_decision_that_never_returns_is_stopped_and_the_next_one_works(i
     first = worker_pid(isolated)
     stopped = await isolated.decide({"mode": "split", "separator": ""})
     assert not stopped.allow
+    assert stopped.failed
     assert stopped.denials[0].startswith("policy evaluation took longer than 2s and was stopped")
     assert stopped.input_digest.startswith("sha256:")
     assert first is not None
@@ -90,13 +91,14 @@ async def test_a_worker_that_dies_while_deciding_denies_naming_the_signal(isolat
     os.kill(pid, signal.SIGSEGV)
     died = await deciding
     assert not died.allow
+    assert died.failed
     assert died.denials == ("policy evaluation failed: the policy engine crashed (SIGSEGV) while deciding",)
     assert (await isolated.decide({})).allow
 
 
 async def test_what_the_policy_prints_is_not_taken_for_an_answer(isolated: IsolatedRegoPolicy) -> None:
     printed = await isolated.decide({"mode": "print"})
-    assert (printed.allow, printed.denials) == (False, ("said true",))
+    assert (printed.allow, printed.denials, printed.failed) == (False, ("said true",), False)
     assert (await isolated.decide({})).allow
 
 

@@ -108,8 +108,9 @@ async def test_posts_the_input_and_reads_the_decision(opa: FakeOpa) -> None:
         denied = await policy.decide({"environment": "staging", "missing": ["tests", "dco"]})
     finally:
         await policy.close()
-    assert (allowed.allow, allowed.denials) == (True, ())
+    assert (allowed.allow, allowed.denials, allowed.failed) == (True, (), False)
     assert (denied.allow, denied.denials) == (False, ("step 'tests' is missing", "step 'dco' is missing"))
+    assert not denied.failed, "the policy denied: it did not fail to decide"
     assert allowed.input_digest == canonical_digest(document)
     assert allowed.policy_digest == canonical_digest(
         {"endpoint": f"{opa.url}/v1/data/vouch/decision", "provenance": PROVENANCE}
@@ -177,6 +178,7 @@ async def test_an_unreachable_server_denies() -> None:
     finally:
         await policy.close()
     assert not decision.allow
+    assert decision.failed
     assert decision.denials[0].startswith(f"OPA at http://127.0.0.1:{port}/v1/data/vouch/decision could not be asked: ")
     assert "ConnectError" in decision.denials[0]
 

@@ -292,3 +292,20 @@ def test_the_refused_builtins_still_crash_regopy(builtin: str) -> None:
 
 def regopy_version() -> str:
     return importlib.metadata.version("regopy")
+
+
+@pytest.mark.parametrize(
+    ("rules", "failed"),
+    [
+        ('decision := {"allow": true, "denials": set()}', False),
+        ('decision := {"allow": false, "denials": {"coverage too low"}}', False),
+        ("x := 1", True),  # undefined
+        ('decision := {"allow": true, "denials": set()} if 1 / input.zero > 0', True),  # runtime error
+        ('decision := {"allow": "yes", "denials": set()}', True),  # malformed
+    ],
+    ids=["allows", "denies", "undefined", "error", "malformed"],
+)
+def test_failed_tells_a_policy_that_could_not_decide_from_one_that_denied(rules: str, failed: bool) -> None:
+    decision = RegoPolicy({"p.rego": f"package vouch\n\n{rules}\n"}).evaluate({"zero": 0})
+    assert decision.failed is failed
+    assert decision.to_dict()["failed"] is failed
