@@ -24,6 +24,7 @@ import jsonschema
 import kubernetes_validate
 import pytest
 import yaml
+from support.components import require_binary
 
 from vouch.daemon.breakglass import GrantRequest
 from vouch.daemon.config import parse_config
@@ -622,11 +623,68 @@ def test_prometheus_rule_holds_vouchs_alerts_and_exactly_the_probe_rules(chart: 
     probe_groups = yaml.safe_load(render_rules())["groups"]
     assert [groups[g["name"]] for g in probe_groups] == probe_groups
     own = {r["alert"]: r for r in groups["vouch"]["rules"]}
-    assert {"VouchDown", "VouchPromotionPaused", "VouchRolledBack", "VouchProbeSeriesStale"} <= set(own)
+    assert {
+        "VouchDown",
+        "VouchPromotionPaused",
+        "VouchRolledBack",
+        "VouchPolicyFailed",
+        "VouchProbeSeriesStale",
+    } <= set(own)
     assert f'job="{RELEASE}", namespace="{NAMESPACE}"' in own["VouchDown"]["expr"]
     assert own["VouchRolledBack"]["annotations"]["summary"] == "vouch rolled back a release ({{ $labels.cause }})"
     for alert in own.values():
         assert not {"service", "environment"} & set(alert.get("labels", {})), "vouch's own alerts never abort"
+
+
+def test_the_policy_alert_fires_on_a_failed_decision_and_not_on_a_denial(chart: helm.Chart, tmp_path: Path) -> None:
+    promtool = require_binary("promtool")
+    rule = one(render(chart, MONITORING), "PrometheusRule")
+    vouch_group = next(g for g in rule["spec"]["groups"] if g["name"] == "vouch")
+    (tmp_path / "rules.yml").write_text(yaml.safe_dump({"groups": [vouch_group]}))
+    where = f'job="{RELEASE}",namespace="{NAMESPACE}"'
+    tests = {
+        "rule_files": ["rules.yml"],
+        "evaluation_interval": "1m",
+        "tests": [
+            {
+                "interval": "1m",
+                "input_series": [
+                    {"series": f"up{{{where}}}", "values": "1x30"},
+                    {
+                        "series": f'vouch_policy_decisions_total{{{where},environment="staging",outcome="denied"}}',
+                        "values": "0 1 2 3 4 5 6 7 8 9 10",
+                    },
+                    {
+                        "series": f'vouch_policy_decisions_total{{{where},environment="production",outcome="failed"}}',
+                        "values": "0 0 0 0 0 1 1 1 1 1 1",
+                    },
+                ],
+                "alert_rule_test": [
+                    {"eval_time": "4m", "alertname": "VouchPolicyFailed", "exp_alerts": []},
+                    {
+                        "eval_time": "8m",
+                        "alertname": "VouchPolicyFailed",
+                        "exp_alerts": [
+                            {
+                                "exp_labels": {"severity": "warning", "policy_environment": "production"},
+                                "exp_annotations": {
+                                    "summary": "vouch's policy could not decide in production",
+                                    "description": own_description(vouch_group, "VouchPolicyFailed"),
+                                },
+                            }
+                        ],
+                    },
+                ],
+            }
+        ],
+    }
+    (tmp_path / "test.yml").write_text(yaml.safe_dump(tests))
+    done = subprocess.run([promtool, "test", "rules", "test.yml"], cwd=tmp_path, capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def own_description(group: dict[str, Any], alert: str) -> str:
+    return str(next(r for r in group["rules"] if r.get("alert") == alert)["annotations"]["description"])
 
 
 def test_service_monitor_scrapes_the_service_port(chart: helm.Chart) -> None:
