@@ -71,6 +71,9 @@ DEFAULT_IMAGE = "locustio/locust:2.47.0"
 """The Locust image of the master and the workers: the Locust vouch is tested with."""
 CONTAINER = "locust"
 """The container of the master pod whose log holds the statistics (the templates must keep the name)."""
+_LOGS_READ = 5
+"""Most pod logs read to explain one failed Job."""
+
 FAILURE_REPORT = "vouch_failure_report.py"
 """The ConfigMap's file that prints the run's most frequent failures after the statistics
 (``vouch/loadtests/failure_report.py.tmpl``); the templates name it after the locustfile."""
@@ -315,13 +318,17 @@ class KubernetesLocustRunner:
         return status if isinstance(status, dict) else {}
 
     async def _pod(self, run: str, role: str, *, prefer: str) -> Json | None:
-        """The run's pod of ``role``, one in phase ``prefer`` first (the server may ignore the selector)."""
+        """The run's newest pod of ``role``, one in phase ``prefer`` first."""
+        mine = await self._pods(run, role)
+        return max(mine, key=lambda p: (_phase(p) == prefer, p["metadata"].get("creationTimestamp", "")), default=None)
+
+    async def _pods(self, run: str, role: str) -> list[Json]:
+        """The run's pods of ``role`` (checked here too: the server may ignore the selector)."""
         wanted = {RUN_LABEL: run, ROLE_LABEL: role}
         selector = ",".join(f"{k}={v}" for k, v in wanted.items())
         with _translated(f"cannot list the pods of load run {run}"):
             pods = await self._api.list_objects(path("v1", "pods", self._spec.namespace), label_selector=selector)
-        mine = [p for p in pods if wanted.items() <= (p.get("metadata", {}).get("labels") or {}).items()]
-        return max(mine, key=lambda p: (_phase(p) == prefer, p["metadata"].get("creationTimestamp", "")), default=None)
+        return [p for p in pods if wanted.items() <= (p.get("metadata", {}).get("labels") or {}).items()]
 
     async def _log(self, pod: str) -> str:
         where = f"{path('v1', 'pods', self._spec.namespace, pod)}/log"
@@ -334,9 +341,15 @@ class KubernetesLocustRunner:
         reason, message = failed
         text = f"the {role} Job {job} failed: {reason}" + (f" ({message})" if message else "")
         with contextlib.suppress(LoadTestError):
-            pod = await self._pod(made.run, role, prefer="Failed")
-            if pod is not None:
-                text += f"; the log of pod {_name(pod)} ends: {_last_lines(await self._log(_name(pod)))}"
+            # The pod that failed first says why; the Job's other pods were then stopped, often before
+            # they printed anything, and show Failed too: the first failed pod with something in its log.
+            ranked = sorted(await self._pods(made.run, role), key=_failure_order)
+            for pod in ranked[:_LOGS_READ]:
+                log = await self._log(_name(pod))
+                if log.strip():
+                    return f"{text}; the log of pod {_name(pod)} ends: {_last_lines(log)}"
+            if ranked:
+                text += f"; the log of pod {_name(ranked[0])} is empty"
         return text
 
     async def _event(self, master: Json, message: str) -> None:
@@ -439,6 +452,13 @@ def _failure(status: Json) -> tuple[str, str] | None:
     if condition is None:
         return None
     return str(condition.get("reason") or "Failed"), str(condition.get("message") or "")
+
+
+def _failure_order(pod: Json) -> tuple[bool, str, str]:
+    """Failed pods first, the one that finished first first (then the oldest)."""
+    statuses = (pod.get("status") or {}).get("containerStatuses") or [{}]
+    finished = str(((statuses[0].get("state") or {}).get("terminated") or {}).get("finishedAt") or "~")
+    return _phase(pod) != "Failed", finished, str(pod.get("metadata", {}).get("creationTimestamp", ""))
 
 
 def _phase(pod: Json) -> str:

@@ -186,7 +186,14 @@ class JobKubelet:
             stored = self.emulator.objects["v1/pods", job.namespace, pod.name]
             if code is None or stored.deleted or stored.raw["status"]["phase"] != "Running":
                 continue
-            state = {"terminated": {"exitCode": code, "reason": "Completed" if code == 0 else "Error"}}
+            finished = datetime.now(UTC).isoformat(timespec="microseconds")
+            state = {
+                "terminated": {
+                    "exitCode": code,
+                    "reason": "Completed" if code == 0 else "Error",
+                    "finishedAt": finished,
+                }
+            }
             stored.patch(
                 {
                     "status": {
