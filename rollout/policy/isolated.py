@@ -46,12 +46,16 @@ NEVER_RETURNS = (
 """Builtins that never return on some inputs (regopy 1.5.2, found by calling each with edge values)."""
 START_TIMEOUT = 60.0
 """Longest a worker may take to start and compile the policy (it imports regopy), apart from the decision's own."""
-_LINE_LIMIT = 64 * 1024 * 1024
+LINE_LIMIT = 64 * 1024 * 1024
 """Longest answer read from the worker: a decision with very many denials still fits."""
 
 
 class _WorkerGone(Exception):
     """The worker ended (or could not start) while it owed an answer."""
+
+
+class _Unreadable(Exception):
+    """The worker's answer could not be read whole; what is left of it would be taken for the next answer."""
 
 
 class IsolatedRegoPolicy:
@@ -111,7 +115,7 @@ class IsolatedRegoPolicy:
     async def _exchange(self, text: str) -> Answer:
         try:
             process = await asyncio.wait_for(self._started(), START_TIMEOUT)
-        except (TimeoutError, _WorkerGone, OSError, ConfigError) as exc:
+        except (TimeoutError, _WorkerGone, _Unreadable, OSError, ConfigError) as exc:
             await self._stop()
             return failure(f"policy evaluation failed: the policy worker could not start: {_why(exc)}")
         try:
@@ -126,6 +130,9 @@ class IsolatedRegoPolicy:
         except _WorkerGone:
             code = await self._reap()
             return failure(f"policy evaluation failed: the policy engine {_death(code)} while deciding")
+        except _Unreadable as exc:
+            await self._stop()
+            return failure(f"policy evaluation failed: {exc}")
         decided = read_decision(answer)
         return decided._replace(failed=True) if answer.get("failed") is True else decided
 
@@ -138,7 +145,7 @@ class IsolatedRegoPolicy:
             "vouch.rollout.policy.worker",
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
-            limit=_LINE_LIMIT,
+            limit=LINE_LIMIT,
         )
         settings = {"sources": dict(self._policy.sources), "query": self._policy.query}
         answer = await _ask(process, json.dumps(settings).encode() + b"\n")
@@ -177,6 +184,8 @@ async def _ask(process: asyncio.subprocess.Process, line: bytes) -> dict[str, An
         reply = await process.stdout.readline()
     except (BrokenPipeError, ConnectionResetError) as exc:
         raise _WorkerGone() from exc
+    except ValueError as exc:  # asyncio's way of saying the line is longer than the limit
+        raise _Unreadable(f"the policy worker's answer is longer than {LINE_LIMIT} bytes") from exc
     if not reply.endswith(b"\n"):
         raise _WorkerGone()
     try:

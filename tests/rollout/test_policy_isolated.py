@@ -13,11 +13,12 @@ from support.demo import eventually
 from support.policy_inputs import STAGING_STEPS, complete, document, without
 
 from vouch.rollout.policy import RegoPolicySpec, build_policy
+from vouch.rollout.policy import isolated as isolated_module
 from vouch.rollout.policy.isolated import IsolatedRegoPolicy
 from vouch.rollout.policy.rego import RegoPolicy
 
 # Decides on input.mode: "split" splits by input.separator (regex.split never returns for ""), "print"
-# prints before answering, "wait" takes a while; anything else allows.
+# prints before answering, "wait" takes a while, "long" denies for 500 reasons; anything else allows.
 POLICY = """package vouch
 
 decision := {"allow": count(regex.split(input.separator, "a,b")) == 2, "denials": set()} if input.mode == "split"
@@ -28,7 +29,11 @@ decision := {"allow": count(slow) > 0, "denials": set()} if input.mode == "wait"
 
 slow := {x | some x in numbers.range(1, 300000); x % 7 == 0}
 
-decision := {"allow": true, "denials": set()} if not input.mode in {"split", "print", "wait"}
+decision := {"allow": false, "denials": {sprintf("reason %d", [i]) | some i in numbers.range(1, 500)}} if {
+	input.mode == "long"
+}
+
+decision := {"allow": true, "denials": set()} if not input.mode in {"split", "print", "wait", "long"}
 """
 
 
@@ -125,6 +130,17 @@ async def test_a_decision_cancelled_while_the_worker_starts_leaves_it_in_step(is
     assert worker_pid(isolated) is None
     answer = await isolated.decide({"mode": "print"})
     assert answer.denials == ("said true",), "the worker's ready line was not read as a decision"
+
+
+async def test_an_answer_too_long_to_read_denies_and_the_next_one_works(
+    isolated: IsolatedRegoPolicy, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(isolated_module, "LINE_LIMIT", 2048)
+    long = await isolated.decide({"mode": "long"})
+    assert (long.allow, long.failed) == (False, True)
+    assert long.denials == ("policy evaluation failed: the policy worker's answer is longer than 2048 bytes",)
+    printed = await isolated.decide({"mode": "print"})
+    assert printed.denials == ("said true",), "what was left of the long answer was not read as this one"
 
 
 async def test_close_stops_the_worker(isolated: IsolatedRegoPolicy) -> None:
