@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import threading
 import time
 import urllib.request
@@ -13,7 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-from support.demo import DEMO_MODULE, free_port
+from support.demo import demo_processes
 
 from vouch.daemon.demo.service import Slots
 
@@ -25,28 +23,8 @@ def get(url: str, timeout: float = 30) -> int:
 
 @pytest.fixture
 def start_demo() -> Iterator[Callable[..., str]]:
-    started: list[subprocess.Popen[bytes]] = []
-
-    def start(*args: str) -> str:
-        port = free_port()
-        argv = [sys.executable, "-m", DEMO_MODULE, "--port", str(port), "--version", "1.0.0", *args]
-        process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        started.append(process)
-        url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                get(f"{url}/healthz", timeout=2)
-                return url
-            except OSError:
-                assert process.poll() is None, process.communicate()
-                assert time.monotonic() < deadline, "the demo did not come up"
-                time.sleep(0.01)
-
-    yield start
-    for process in started:
-        process.kill()
-        process.communicate(timeout=10)
+    with demo_processes() as start:
+        yield start
 
 
 def elapsed_for(url: str, count: int) -> float:

@@ -5,16 +5,12 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import subprocess
-import sys
-import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
-from support.demo import DEMO_MODULE, free_port
+from support.demo import demo_processes
 from support.loadtarget import locust_children
 from typer.testing import CliRunner
 
@@ -33,24 +29,8 @@ PATHS = ("/", "/cart", "/search?q=umbrella", "/healthz")
 @pytest.fixture
 def demo() -> Iterator[str]:
     """The demo service as its own process, answering every path with 200."""
-    port = free_port()
-    argv = [sys.executable, "-m", DEMO_MODULE, "--port", str(port), "--version", "1.0.0"]
-    process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                with urllib.request.urlopen(f"{url}/healthz", timeout=2):
-                    break
-            except OSError:
-                assert process.poll() is None, "the demo exited"
-                assert time.monotonic() < deadline, "the demo did not come up"
-                time.sleep(0.02)
-        yield url
-    finally:
-        process.kill()
-        process.wait(timeout=10)
+    with demo_processes() as start:
+        yield start()
 
 
 @pytest.fixture

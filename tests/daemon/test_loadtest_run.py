@@ -4,16 +4,12 @@ signed as an attestation and written as Prometheus metrics."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
-import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
-from support.demo import DEMO_MODULE, free_port
+from support.demo import demo_processes
 from support.loadtarget import locust_children
 from typer.testing import CliRunner
 
@@ -31,24 +27,8 @@ DIGEST = "sha256:" + "d4" * 32
 @pytest.fixture
 def demo() -> Iterator[str]:
     """A demo replica answering 20% of its requests with 500."""
-    port = free_port()
-    argv = [sys.executable, "-m", DEMO_MODULE, "--port", str(port), "--version", "1.0.0", "--error-ratio", "0.2"]
-    process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                with urllib.request.urlopen(f"{url}/healthz", timeout=2):
-                    break
-            except OSError:
-                assert process.poll() is None, "the demo exited"
-                assert time.monotonic() < deadline, "the demo did not come up"
-                time.sleep(0.02)
-        yield url
-    finally:
-        process.kill()
-        process.wait(timeout=10)
+    with demo_processes() as start:
+        yield start("--error-ratio", "0.2")
 
 
 def test_a_run_is_judged_and_its_exit_code_says_so(demo: str) -> None:

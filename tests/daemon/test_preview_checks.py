@@ -5,15 +5,13 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
-import subprocess
 import sys
 import time
-import urllib.request
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import pytest
-from support.demo import DEMO_MODULE, free_port
+from support.demo import DEMO_MODULE, demo_processes
 from support.network_suite import CHECKOUT_TEST, checkout_mocks, suite_ran, write_network_suite
 
 from vouch.core.errors import InputError
@@ -51,32 +49,12 @@ def preview_of(address: str, mocks: dict[str, str]) -> Preview:
 @pytest.fixture
 def start_demo() -> Iterator[Callable[..., str]]:
     """Start the demo service (not waiting: the health checks do); returns its ``host:port``."""
-    started: list[subprocess.Popen[bytes]] = []
+    with demo_processes() as start:
 
-    def start(*args: str, env: dict[str, str] | None = None, wait: bool = False) -> str:
-        port = free_port()
-        argv = [sys.executable, "-m", DEMO_MODULE, "--port", str(port), "--version", "1.0.0", *args]
-        process = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        started.append(process)
-        deadline = time.monotonic() + 20
-        while wait and not answers(f"http://127.0.0.1:{port}/healthz"):
-            assert process.poll() is None, "the demo exited"
-            assert time.monotonic() < deadline, "the demo did not come up"
-            time.sleep(0.01)
-        return f"127.0.0.1:{port}"
+        def address(*args: str, env: dict[str, str] | None = None, wait: bool = False) -> str:
+            return start(*args, env=env, wait=wait).removeprefix("http://")
 
-    yield start
-    for process in started:
-        process.kill()
-        process.wait(timeout=10)
-
-
-def answers(url: str) -> bool:
-    try:
-        with urllib.request.build_opener(urllib.request.ProxyHandler({})).open(url, timeout=5) as response:
-            return bool(response.status == 200)
-    except OSError:
-        return False
+        yield address
 
 
 def start_mocks(*, payments_error_ratio: float = 0.0) -> list[MockServer]:

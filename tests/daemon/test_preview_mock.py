@@ -20,7 +20,7 @@ from typing import Any
 
 import httpx
 import pytest
-from support.demo import DEMO_MODULE, free_port, is_alive
+from support.demo import demo_processes, is_alive
 
 from vouch.core.errors import InputError, PlatformUnavailable
 from vouch.daemon.preview.mock import MockClient, MockServer, run_mock
@@ -310,32 +310,12 @@ def test_a_wrong_spec_file_exits_2_naming_the_file_and_field(tmp_path: Path) -> 
 @pytest.fixture
 def start_checkout() -> Iterator[Callable[..., str]]:
     """Start the demo service with its backends pointed at the given URLs; return its base URL."""
-    started: list[subprocess.Popen[bytes]] = []
+    with demo_processes() as start:
 
-    def start(*, payments: str, inventory: str) -> str:
-        port = free_port()
-        argv = [sys.executable, "-m", DEMO_MODULE, "--port", str(port), "--version", "1.0.0"]
-        env = {"PATH": "/usr/bin:/bin", "PAYMENTS_URL": payments, "INVENTORY_URL": inventory}
-        process = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        started.append(process)
-        url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                with urllib.request.urlopen(f"{url}/healthz", timeout=5) as answer:
-                    if answer.status == 200:
-                        return url
-            except OSError:
-                pass
-            assert process.poll() is None, process.communicate()
-            assert time.monotonic() < deadline, "the demo did not come up"
-            time.sleep(0.01)
+        def checkout(*, payments: str, inventory: str) -> str:
+            return start(env={"PATH": "/usr/bin:/bin", "PAYMENTS_URL": payments, "INVENTORY_URL": inventory})
 
-    yield start
-    for process in started:
-        if process.poll() is None:
-            process.kill()
-        process.communicate(timeout=10)
+        yield checkout
 
 
 def post(url: str, body: bytes) -> tuple[int, dict[str, Any]]:

@@ -5,11 +5,8 @@ from __future__ import annotations
 import importlib.util
 import json
 import re
-import subprocess
-import sys
 import threading
 import time
-import urllib.request
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -17,7 +14,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
-from support.demo import DEMO_MODULE, free_port
+from support.demo import demo_processes, free_port
 from typer.testing import CliRunner
 
 from vouch.daemon.cli import app as cli
@@ -93,30 +90,8 @@ def recorder() -> Iterator[Recorder]:
 @pytest.fixture
 def demo() -> Iterator[str]:
     """The demo service as its own process, answering every path with 200."""
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    argv = [sys.executable, "-m", DEMO_MODULE, "--port", str(port), "--version", "1.0.0"]
-    process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    try:
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                with urllib.request.urlopen(f"{url}/healthz", timeout=2) as answer:
-                    if answer.status == 200:
-                        break
-            except OSError:
-                pass
-            assert process.poll() is None, process.communicate()
-            assert time.monotonic() < deadline, "the demo service did not come up"
-            time.sleep(0.02)
-        yield url
-    finally:
-        process.terminate()
-        try:
-            process.communicate(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.communicate()
+    with demo_processes() as start:
+        yield start()
 
 
 def test_the_sample_log_replays_against_the_demo_service(demo: str) -> None:

@@ -9,12 +9,16 @@ Example::
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import os
 import socket
+import subprocess
 import sys
+import tempfile
 import time
-from collections.abc import Awaitable, Callable, Sequence
+import urllib.request
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from pathlib import Path
 
 from vouch.rollout.config import ReadinessSpec, ServiceEnvironment, ServiceSpec
@@ -42,6 +46,54 @@ def demo_service(
         readiness=ReadinessSpec(interval=readiness_interval, timeout=20.0),
         environments=[ServiceEnvironment(name=name) for name in environments],
     )
+
+
+@contextlib.contextmanager
+def demo_processes() -> Iterator[Callable[..., str]]:
+    """Start demo replicas as processes of their own; every one is killed when the block ends.
+
+    ``start(*args, version="1.0.0", env=None, wait=True)`` starts one with the extra command-line
+    ``args`` and returns its base URL, once ``/healthz`` answers 200 (unless ``wait`` is false). A
+    replica that exits before it answers fails the test with the end of its stderr.
+
+        with demo_processes() as start:
+            url = start("--error-ratio", "0.2")
+    """
+    started: list[subprocess.Popen[bytes]] = []
+    with contextlib.ExitStack() as files:
+
+        def start(*args: str, version: str = "1.0.0", env: dict[str, str] | None = None, wait: bool = True) -> str:
+            port = free_port()
+            argv = [sys.executable, "-m", DEMO_MODULE, "--port", str(port), "--version", version, *args]
+            errors = files.enter_context(tempfile.TemporaryFile())  # a file: a pipe nobody reads can fill up
+            process = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=errors)
+            started.append(process)
+            url = f"http://127.0.0.1:{port}"
+            deadline = time.monotonic() + 20
+            while wait and not healthy(url):
+                if process.poll() is not None:
+                    errors.seek(0)
+                    raise AssertionError(f"the demo exited ({process.returncode}): {errors.read()[-2000:]!r}")
+                assert time.monotonic() < deadline, "the demo did not come up"
+                time.sleep(0.01)
+            return url
+
+        try:
+            yield start
+        finally:
+            for process in started:
+                if process.poll() is None:
+                    process.kill()
+                process.wait(timeout=10)
+
+
+def healthy(url: str) -> bool:
+    """Whether ``url``/healthz answers 200 (straight, past any proxy of the environment)."""
+    try:
+        with urllib.request.build_opener(urllib.request.ProxyHandler({})).open(f"{url}/healthz", timeout=2) as answer:
+            return bool(answer.status == 200)
+    except OSError:
+        return False
 
 
 def free_port() -> int:
