@@ -24,7 +24,6 @@ from support.kubeapi import VersionedKubernetes, serve_kubernetes
 
 from vouch.core.errors import ConflictError, NotFoundError, StoreError
 from vouch.daemon.store.kubernetes import KubernetesStore, KubernetesStoreSpec
-from vouch.rollout.overrides import Override
 from vouch.rollout.state import ChatThread, Event, Phase, StepRecord, Store
 
 NAMESPACE = "vouch"
@@ -47,6 +46,7 @@ make_promotion = _shared.make_promotion
 make_release = _shared.make_release
 make_override = _shared.make_override
 FIRST_USE = _shared.FIRST_USE
+race_for_overrides = _shared.race_for_overrides
 
 # The behaviour every Store must have, as the SQLite store's tests state it; `store` below is this store.
 test_promotion_with_every_field_round_trips_through_the_store = (
@@ -289,18 +289,7 @@ async def test_a_lock_naming_a_vanished_promotion_is_taken_over(
 
 async def test_two_daemons_racing_for_one_override_one_uses_it(daemons: list[KubernetesStore]) -> None:
     one, two = daemons
-    for round_ in range(10):
-        await one.add_override(make_override(f"bg-{round_}"))
-        results = await asyncio.gather(
-            one.consume_override(f"bg-{round_}", promotion_id="p-one", at=1.0, overridden={}),
-            two.consume_override(f"bg-{round_}", promotion_id="p-two", at=2.0, overridden={}),
-            return_exceptions=True,
-        )
-        [winner] = [r for r in results if isinstance(r, Override)]
-        [loser] = [r for r in results if not isinstance(r, Override)]
-        assert isinstance(loser, ConflictError), results
-        assert f"already used by promotion {winner.promotion_id}" in str(loser)
-    assert len(await two.list_overrides(used=True)) == 10
+    await race_for_overrides(one, two, rounds=10)
 
 
 async def test_a_consume_refused_by_resource_version_reads_again_and_names_the_winner(

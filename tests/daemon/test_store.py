@@ -625,23 +625,28 @@ async def test_chat_thread_save_replace_and_get(store: SqliteStore) -> None:
     assert await store.get_chat_thread("pr:acme/checkout#42", "slack") == other
 
 
+async def race_for_overrides(one: Store, two: Store, *, rounds: int) -> None:
+    """Two stores over the same state race to use each of ``rounds`` overrides: one does, the other is told who."""
+    for round_ in range(rounds):
+        await one.add_override(make_override(f"bg-{round_}"))
+        results = await asyncio.gather(
+            one.consume_override(f"bg-{round_}", promotion_id="p-one", at=1.0, overridden={}),
+            two.consume_override(f"bg-{round_}", promotion_id="p-two", at=2.0, overridden={}),
+            return_exceptions=True,
+        )
+        [winner] = [r for r in results if isinstance(r, Override)]
+        [loser] = [r for r in results if not isinstance(r, Override)]
+        assert isinstance(loser, ConflictError), results
+        assert f"already used by promotion {winner.promotion_id}" in str(loser)
+    assert len(await two.list_overrides(used=True)) == rounds
+
+
 async def test_concurrent_consumes_from_two_connections_one_wins(tmp_path: Path) -> None:
     """Two daemons on one file race for each override: one uses it, the other is told who did."""
     path = tmp_path / "state.db"
     one, two = await SqliteStore.open(path), await SqliteStore.open(path)
     try:
-        for round_ in range(20):
-            await one.add_override(make_override(f"bg-{round_}"))
-            results = await asyncio.gather(
-                one.consume_override(f"bg-{round_}", promotion_id="p-one", at=1.0, overridden={}),
-                two.consume_override(f"bg-{round_}", promotion_id="p-two", at=2.0, overridden={}),
-                return_exceptions=True,
-            )
-            [winner] = [r for r in results if isinstance(r, Override)]
-            [loser] = [r for r in results if not isinstance(r, Override)]
-            assert isinstance(loser, ConflictError), results
-            assert f"already used by promotion {winner.promotion_id}" in str(loser)
-        assert len(await two.list_overrides(used=True)) == 20
+        await race_for_overrides(one, two, rounds=20)
     finally:
         await one.close()
         await two.close()
