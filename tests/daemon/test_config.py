@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import subprocess
 from pathlib import Path
-from textwrap import dedent
 
 import pytest
 import yaml
 from support.components import require_binary
+from support.configs import only, problems_of
 
-from vouch.core.errors import ConfigError, NotFoundError, Problem
+from vouch.core.errors import ConfigError, NotFoundError
 from vouch.daemon.config import (
     VouchConfig,
     check_config,
@@ -40,19 +40,6 @@ environments:
   production:
     gates: [slo, alarms]
 """
-
-
-def problems_of(text: str) -> list[Problem]:
-    """The problems ``text`` has; fails the test when it has none."""
-    with pytest.raises(ConfigError) as caught:
-        parse_config(dedent(text), source="vouch.yaml")
-    return caught.value.problems
-
-
-def only(text: str) -> Problem:
-    found = problems_of(text)
-    assert len(found) == 1, "\n".join(map(str, found))
-    return found[0]
 
 
 # --------------------------------------------------------------------------- valid files

@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-from textwrap import dedent
+from support.configs import only
 
-import pytest
-
-from vouch.core.errors import ConfigError, Problem
 from vouch.daemon.config import parse_config
 
 VALID = """\
@@ -30,18 +27,6 @@ environments:
   production:
     gates: [slo, alarms]
 """
-
-
-def problems_of(text: str) -> list[Problem]:
-    with pytest.raises(ConfigError) as caught:
-        parse_config(dedent(text), source="vouch.yaml")
-    return caught.value.problems
-
-
-def only(text: str) -> Problem:
-    found = problems_of(text)
-    assert len(found) == 1, "\n".join(map(str, found))
-    return found[0]
 
 
 def test_a_performance_critical_service_load_tested_in_staging_is_valid() -> None:
