@@ -152,15 +152,14 @@ def parse_failures(text: str, *, limit: int = 5) -> tuple[str, ...]:
     >>> parse_failures("Method,Name,Error,Occurrences\\nGET,GET /,LocustBadStatusCode(code=500),7\\n")
     ('GET /: LocustBadStatusCode(code=500)',)
     """
-    counted: list[tuple[int, str]] = []
+    counted: list[tuple[int, object, object]] = []
     for row in csv.DictReader(io.StringIO(text)):
         try:
             count = int(row.get("Occurrences") or 0)
         except ValueError:
             continue
-        counted.append((count, f"{row.get('Name') or '?'}: {row.get('Error') or 'failed'}"))
-    counted.sort(key=lambda item: -item[0])
-    return tuple(message for _, message in counted[:limit])
+        counted.append((count, row.get("Name"), row.get("Error")))
+    return _most_frequent(counted, limit)
 
 
 FAILURES_MARK = "vouch-failures: "
@@ -186,10 +185,19 @@ def failures_from_output(text: str, *, limit: int = 5) -> tuple[str, ...]:
             return ()
         if not isinstance(found, list):
             return ()
-        rows = [f for f in found if isinstance(f, dict)]
-        rows.sort(key=lambda f: -f["occurrences"] if isinstance(f.get("occurrences"), int) else 0)
-        return tuple(f"{f.get('name') or '?'}: {f.get('error') or 'failed'}" for f in rows[:limit])
+        counted = [
+            (f["occurrences"] if isinstance(f.get("occurrences"), int) else 0, f.get("name"), f.get("error"))
+            for f in found
+            if isinstance(f, dict)
+        ]
+        return _most_frequent(counted, limit)
     return ()
+
+
+def _most_frequent(counted: list[tuple[int, object, object]], limit: int) -> tuple[str, ...]:
+    """``NAME: ERROR`` of the ``limit`` most frequent ``(occurrences, name, error)``, most frequent first."""
+    ranked = sorted(counted, key=lambda failure: -failure[0])
+    return tuple(f"{name or '?'}: {error or 'failed'}" for _, name, error in ranked[:limit])
 
 
 def parse_progress(text: str, *, elapsed: float, duration: float) -> Progress:
